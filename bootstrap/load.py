@@ -138,7 +138,7 @@ def read_tutorial(data_dir: Path, seed: int, as_of: datetime | None = None) -> t
 
     as_of = as_of or synthetic.default_as_of()
     shift = pd.Timestamp(as_of) - loans["event_timestamp"].max().ceil("D")
-    shift = pd.Timedelta(days=max(0, shift.days))
+    shift = pd.Timedelta(max(0, shift.days), unit="D")
     notes.append(
         f"moved every timestamp forward by {shift.days} days so the newest loan falls on "
         f"{as_of.date()} (order and point-in-time relations are unchanged)"

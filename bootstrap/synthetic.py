@@ -178,7 +178,7 @@ def credit_snapshots(
         frame[c] = cols[c].ravel()
     frame["event_timestamp"] = ts
     # The bureau delivers each snapshot a day after it is taken.
-    frame["created_timestamp"] = ts + pd.Timedelta(days=1)
+    frame["created_timestamp"] = ts + pd.Timedelta(1, unit="D")
     return frame, times, cols
 
 
