@@ -403,6 +403,7 @@ class OnlineReader:
                 f"feature views {', '.join(sorted(missing))} are not registered: run `uv run loan-desk apply`"
             )
         self.ttl = {name: fv.ttl or timedelta(days=36500) for name, fv in views.items()}
+        self._configured = None
         self._plan = {}
         for view, names in (
             ("credit_history", list(F.CREDIT_FEATURES)),
@@ -422,10 +423,10 @@ class OnlineReader:
 
         keys = {"credit_history": self._key("dob_ssn", dob_ssn), "zipcode_features": self._key("zipcode", zipcode)}
         commands = [(keys[v], self._plan[v][1]) for v in ("credit_history", "zipcode_features")]
+        self._prepare_client()
         try:
             replies = self.online._read_hash_fields(self.config, commands)
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
-            self._reset_client()
             raise StoreUnavailable(f"the online store (Valkey) is unreachable: {exc}") from None
         except redis.exceptions.RedisError as exc:
             raise StoreUnavailable(f"the online store (Valkey) answered with an error: {exc}") from None
@@ -443,8 +444,14 @@ class OnlineReader:
             out.append((decoded, ts))
         return out[0], out[1]
 
-    def _reset_client(self) -> None:
-        # redis-py keeps a broken pool after the server restarts; drop it to recover.
-        for attr in ("_client",):
-            if getattr(self.online, attr, None) is not None:
-                setattr(self.online, attr, None)
+    def _prepare_client(self) -> None:
+        """At most one quick retry: redis-py's default (3 retries with seconds of backoff) would
+        hold a decision for several seconds on a hung Valkey.  One retry still reconnects
+        transparently after Valkey restarts, so the service recovers without a restart."""
+        client = self.online._get_client(self.config.online_store)
+        if client is not self._configured:
+            from redis.backoff import NoBackoff
+            from redis.retry import Retry
+
+            client.set_retry(Retry(NoBackoff(), 1))
+            self._configured = client

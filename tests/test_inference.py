@@ -1,0 +1,209 @@
+"""The inference module: decisions, every error path, recovery, concurrency, run.py."""
+
+from __future__ import annotations
+
+import dataclasses
+import socket
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+
+import pytest
+
+from model.inference import (
+    ApplicationError,
+    DecisionService,
+    MissingFeatures,
+    ModelUnavailable,
+    StoreUnavailable,
+    parse_application,
+)
+from tests.conftest import run_cli
+
+
+def _age(dob_ssn: str) -> int:
+    b = datetime.strptime(dob_ssn[:8], "%Y%m%d").date()
+    t = datetime.now(UTC).date()
+    return t.year - b.year - ((t.month, t.day) < (b.month, b.day))
+
+
+@pytest.fixture(scope="module")
+def app(backbone, settings):
+    import psycopg
+
+    with psycopg.connect(**settings.pg_kwargs()) as conn:
+        key, zipcode = conn.execute("SELECT dob_ssn, zipcode FROM loans ORDER BY loan_id LIMIT 1").fetchone()
+    return {
+        "dob_ssn": key, "zipcode": zipcode, "person_age": _age(key), "person_income": 52000,
+        "person_home_ownership": "RENT", "person_emp_length": 3, "loan_intent": "MEDICAL",
+        "loan_amnt": 9000, "loan_int_rate": 12.5,
+    }
+
+
+@pytest.fixture(scope="module")
+def service(backbone):
+    return DecisionService(settings=backbone["settings"])
+
+
+def test_decision_has_reasons_features_and_version(service, app, backbone):
+    d = service.decide(app)
+    assert d.decision == ("reject" if d.probability >= d.threshold else "approve")
+    # XGBoost's contributions add up to the model's log-odds.
+    import math
+
+    logit = math.log(d.probability / (1 - d.probability))
+    assert sum(d.contributions.values()) + d.base_value == pytest.approx(logit, abs=1e-3)
+    assert len(d.reasons) == 5
+    assert all(r.direction == ("raises risk" if r.contribution > 0 else "lowers risk") for r in d.reasons)
+    assert {f.view for f in d.features} == {"credit_history", "zipcode_features"}
+    assert all(f.event_timestamp is not None and f.status == "ok" for f in d.features)
+    assert d.model_version == backbone["meta"]["model_version"]
+
+
+def test_what_changes_the_probability(service, app):
+    low = service.decide({**app, "loan_amnt": 1000, "loan_int_rate": 6.0})
+    high = service.decide({**app, "loan_amnt": 35000, "loan_int_rate": 23.0})
+    assert high.probability > low.probability
+
+
+def test_date_of_birth_and_ssn_instead_of_the_key(service, app):
+    born = datetime.strptime(app["dob_ssn"][:8], "%Y%m%d").date()
+    other = {k: v for k, v in app.items() if k != "dob_ssn"}
+    d = service.decide({**other, "date_of_birth": born.isoformat(), "ssn_last4": app["dob_ssn"][-4:]})
+    assert d.application.dob_ssn == app["dob_ssn"]
+
+
+@pytest.mark.parametrize(
+    ("change", "field", "text"),
+    [
+        ({"loan_amnt": 100_000}, "loan_amnt", "between 500 and 35,000"),
+        ({"loan_amnt": "lots"}, "loan_amnt", "must be a number"),
+        ({"person_emp_length": 240}, "person_emp_length", "between 0 and 60"),
+        ({"person_home_ownership": "CASTLE"}, "person_home_ownership", "must be one of"),
+        ({"loan_intent": ""}, "loan_intent", "must be one of"),
+        ({"zipcode": "ABCDE"}, "zipcode", "zipcode"),
+        ({"dob_ssn": "1990-01-01"}, "dob_ssn", "YYYYMMDD_NNNN"),
+        ({"dob_ssn": "19901340_1234"}, "dob_ssn", "not a real date"),
+        ({"person_age": 5}, "person_age", "between 18 and 100"),
+        ({"person_income": float("nan")}, "person_income", "finite"),
+    ],
+)
+def test_bad_input_is_refused_with_a_message_per_field(service, app, change, field, text):
+    with pytest.raises(ApplicationError) as err:
+        service.decide({**app, **change})
+    assert text in err.value.errors[field]
+
+
+def test_age_must_match_the_date_of_birth(app):
+    with pytest.raises(ApplicationError) as err:
+        parse_application({**app, "person_age": _age(app["dob_ssn"]) + 10})
+    assert "does not match" in err.value.errors["person_age"]
+
+
+def test_unknown_applicant_and_zipcode_are_refused_explicitly(service, app):
+    with pytest.raises(MissingFeatures, match="has no credit file") as err:
+        service.decide({**app, "dob_ssn": "19700101_0000", "person_age": _age("19700101_0000")})
+    assert err.value.missing == ["credit_history"]
+    with pytest.raises(MissingFeatures, match="zipcode 00007 has no statistics") as err:
+        service.decide({**app, "zipcode": 7})
+    assert err.value.missing == ["zipcode_features"]
+
+
+def test_no_trained_model(backbone, tmp_path, app):
+    svc = DecisionService(settings=backbone["settings"], model_dir=tmp_path)
+    with pytest.raises(ModelUnavailable, match="loan-desk train"):
+        svc.decide(app)
+    (tmp_path / "model.json").write_text("{broken")
+    (tmp_path / "metadata.json").write_text("{}")
+    with pytest.raises(ModelUnavailable, match="cannot be read"):
+        DecisionService(settings=backbone["settings"], model_dir=tmp_path).decide(app)
+
+
+class Proxy:
+    """A TCP proxy in front of the real Redis that the test can stop, hang and restart."""
+
+    def __init__(self, target: tuple[str, int]):
+        self.target = target
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.mode = "forward"  # forward | hang | refuse
+        self.conns: list[socket.socket] = []
+        self.sock.listen(16)
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                client, _ = self.sock.accept()
+            except OSError:
+                return
+            if self.mode == "refuse":
+                client.close()
+                continue
+            self.conns.append(client)
+            if self.mode == "forward":
+                upstream = socket.create_connection(self.target)
+                self.conns.append(upstream)
+                for a, b in ((client, upstream), (upstream, client)):
+                    threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    def _pipe(self, a, b):
+        try:
+            while data := a.recv(65536):
+                if self.mode != "forward":
+                    return  # swallow: the caller waits for an answer that never comes
+                b.sendall(data)
+        except OSError:
+            pass
+
+    def cut(self, mode: str):
+        self.mode = mode
+        for c in self.conns:
+            try:
+                c.shutdown(socket.SHUT_RDWR)
+                c.close()
+            except OSError:
+                pass
+        self.conns.clear()
+
+
+def test_store_down_hung_and_back_without_restart(backbone, app):
+    from bootstrap.feast_ops import feature_store
+
+    s = backbone["settings"]
+    proxy = Proxy((s.redis_host, s.redis_port))
+    svc = DecisionService(store=feature_store(dataclasses.replace(s, redis_port=proxy.port)))
+    assert svc.decide(app).probability > 0
+
+    proxy.cut("refuse")
+    with pytest.raises(StoreUnavailable, match="unreachable"):
+        svc.decide(app)
+
+    proxy.mode = "hang"  # accepts, never answers: the socket timeout must end the wait
+    t0 = datetime.now(UTC)
+    with pytest.raises(StoreUnavailable):
+        svc.decide(app)
+    assert (datetime.now(UTC) - t0).total_seconds() < 5
+
+    proxy.cut("forward")
+    assert svc.decide(app).probability > 0  # recovered, same service object
+
+
+def test_concurrent_decisions_agree(service, app):
+    expected = service.decide(app).probability
+    variants = [{**app, "loan_amnt": 1000 + 500 * (i % 10)} for i in range(80)]
+    serial = [service.decide(v).probability for v in variants]
+    with ThreadPoolExecutor(8) as pool:
+        parallel = list(pool.map(lambda v: service.decide(v).probability, variants))
+    assert parallel == serial
+    assert service.decide(app).probability == expected
+
+
+def test_run_py_prints_the_application_features_and_decision(backbone):
+    out = run_cli("python", "run.py")
+    assert out.returncode == 0, out.stderr
+    assert "Application:" in out.stdout and "credit_history:credit_card_due" in out.stdout
+    last = out.stdout.strip().splitlines()[-1]
+    assert last in ("loan approved!", "loan rejected!")
