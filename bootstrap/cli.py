@@ -35,7 +35,7 @@ def cmd_services(args) -> int:
     from bootstrap.services import describe, ensure_services, stop_services
 
     if args.stop:
-        stopped = stop_services(_settings())
+        stopped = stop_services()
         _say("stopped the embedded " + " and ".join(stopped) if stopped else "no embedded server was running")
         return 0
     state = ensure_services(_settings())
@@ -132,11 +132,20 @@ def cmd_all(args) -> int:
 
     for line in ensure_default_users(s):
         _say(line)
+    started_here = "started" in state.postgres or "started" in state.valkey
     if args.no_serve:
+        if started_here:
+            _say("embedded servers keep running; stop them with: uv run loan-desk services --stop")
         return 0
     from bootstrap.serve import serve
 
-    return serve(port=args.port, address=args.address)
+    try:
+        return serve(port=args.port, address=args.address)
+    finally:
+        if started_here:  # leave nothing behind that this command started
+            from bootstrap.services import stop_services
+
+            _say("stopped the embedded " + " and ".join(stop_services()))
 
 
 # --- parsing --------------------------------------------------------------------------------

@@ -49,9 +49,18 @@ def _pg_dir() -> Path:
     return home() / "postgres"
 
 
+def _pgserver_bin_path() -> Path:
+    """Where pgserver's wheel keeps the PostgreSQL 16 binaries."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # platformdirs complains about XDG_RUNTIME_DIR as root
+        from pgserver._commands import POSTGRES_BIN_PATH
+    return POSTGRES_BIN_PATH
+
+
 def _pg_bin(name: str) -> str:
-    import pgserver  # noqa: F401  (locates the bundled binaries)
-    from pgserver._commands import POSTGRES_BIN_PATH
+    POSTGRES_BIN_PATH = _pgserver_bin_path()
 
     return str(POSTGRES_BIN_PATH / name)
 
@@ -64,7 +73,7 @@ def _run_as_pg_user(args: list[str], **kw) -> subprocess.CompletedProcess:
 
 
 def _prepare_root_permissions(pgdata: Path) -> None:
-    from pgserver._commands import POSTGRES_BIN_PATH
+    POSTGRES_BIN_PATH = _pgserver_bin_path()
     from pgserver.utils import ensure_folder_permissions, ensure_prefix_permissions, ensure_user_exists
 
     entry = ensure_user_exists("pgserver")
@@ -196,20 +205,22 @@ def start_embedded_valkey(s: Settings) -> str:
     raise ServiceError(f"the embedded Valkey did not answer; see {d / 'valkey.log'}")
 
 
-def stop_embedded_valkey(s: Settings) -> bool:
+def stop_embedded_valkey() -> bool:
+    """SIGTERM makes Valkey save its snapshot and exit cleanly."""
+    import signal
+
     pidfile = _valkey_dir() / "valkey.pid"
-    if not pidfile.exists():
-        return False
     try:
-        redis.Redis(host=s.redis_host, port=s.redis_port, socket_timeout=2).shutdown(save=True)
-    except redis.exceptions.ConnectionError:
-        pass  # shutdown closes the connection
-    except redis.RedisError:
+        pid = int(pidfile.read_text().strip())
+        os.kill(pid, signal.SIGTERM)
+    except (OSError, ValueError):
         return False
-    for _ in range(50):
-        if not pidfile.exists():
-            break
-        time.sleep(0.1)
+    for _ in range(100):
+        try:
+            os.kill(pid, 0)
+        except OSError:
+            return True
+        time.sleep(0.05)
     return True
 
 
@@ -240,10 +251,9 @@ def ensure_services(settings: Settings | None = None) -> ServiceState:
     return ServiceState(postgres=pg, valkey=vk, settings=s)
 
 
-def stop_services(settings: Settings | None = None) -> list[str]:
-    s = settings or Settings.from_env()
+def stop_services() -> list[str]:
     stopped = []
-    if stop_embedded_valkey(s):
+    if stop_embedded_valkey():
         stopped.append("Valkey")
     if stop_embedded_postgres():
         stopped.append("Postgres")
