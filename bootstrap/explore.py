@@ -7,7 +7,7 @@ single rows, never whole tables.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import pandas as pd
@@ -45,7 +45,6 @@ class Filters:
     ranges: tuple[tuple[str, float, float], ...] = ()
     state: str | None = None
     city: str | None = None
-    extra: tuple = field(default=())
 
 
 def _view(name: str) -> View:

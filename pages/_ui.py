@@ -1,0 +1,89 @@
+"""Small helpers shared by the pages: settings, the signed-in user, and errors shown without tracebacks."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import contextmanager
+
+import streamlit as st
+
+from bootstrap.config import Settings
+
+log = logging.getLogger("loan_desk.app")
+
+
+@st.cache_resource
+def settings() -> Settings:
+    return Settings.from_env()
+
+
+def ensure_navigation_v2() -> None:
+    """Never let Streamlit's legacy pages/ folder mode run a page on its own.
+
+    A fresh server whose first request names a page (e.g. /explore) runs pages/explore.py
+    directly, without streamlit_app.py, until some run calls st.navigation.  Switch that mode
+    off and rerun, so the entrypoint (sign-in, roles) always runs first.
+    """
+    try:
+        from streamlit.runtime.pages_manager import PagesManager
+    except ImportError:  # pragma: no cover - other Streamlit versions
+        return
+    if PagesManager.uses_pages_directory:
+        PagesManager.uses_pages_directory = False
+        st.rerun()
+
+
+def require(*roles: str) -> tuple[str, str]:
+    """(name, role) of the signed-in user; stops the page for anyone else."""
+    ensure_navigation_v2()
+    name, role = current_user()
+    if not name:
+        st.warning("Please sign in first.", icon=":material/lock:")
+        st.stop()
+    if roles and role not in roles:
+        st.error("Your role may not open this page.", icon=":material/block:")
+        st.stop()
+    return name, role
+
+
+def current_user() -> tuple[str, str]:
+    """(name, role) of the signed-in user; the entrypoint only runs pages for signed-in users."""
+    return st.session_state.get("ld_user", ""), st.session_state.get("ld_role", "")
+
+
+def explain(exc: BaseException) -> str:
+    from bootstrap.errors import explain as _explain
+
+    try:
+        return _explain(exc)
+    except Exception:  # explaining must never fail in front of a user
+        return type(exc).__name__
+
+
+def show_error(exc: BaseException, what: str = "") -> None:
+    """One sentence for the user; the full traceback goes to the server log only."""
+    log.warning("%s failed", what or "page", exc_info=exc)
+    prefix = f"{what}: " if what else ""
+    st.error(prefix + explain(exc), icon=":material/error:")
+
+
+@contextmanager
+def guarded(what: str = ""):
+    """Show any exception as one message instead of letting it reach Streamlit's error box."""
+    try:
+        yield
+    except Exception as exc:  # st.rerun/st.stop are BaseExceptions and pass through
+        show_error(exc, what)
+
+
+def ago(seconds: float | None) -> str:
+    if seconds is None:
+        return "—"
+    seconds = abs(seconds)
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 2 * 86400:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"
