@@ -115,13 +115,28 @@ def cmd_all(args) -> int:
     state = ensure_services(_settings())
     s = state.settings
     _say(describe(state))
-    changed, msg = load(s, LoadRequest(applicants=args.applicants, seed=args.seed))
-    _say(msg)
+    import psycopg
+
+    from bootstrap.load import current_dataset
+
+    with psycopg.connect(**s.pg_kwargs()) as conn:
+        have = current_dataset(conn)
+    if have and args.applicants is None and args.seed is None:
+        _say(
+            f"data already loaded ({have.get('source')}, {have.get('rows', {}).get('loans', 0):,} loans); "
+            "pass --applicants/--seed to replace it"
+        )
+    else:
+        _, msg = load(s, LoadRequest(applicants=args.applicants or 30_000, seed=42 if args.seed is None else args.seed))
+        _say(msg)
+        with psycopg.connect(**s.pg_kwargs()) as conn:
+            have = current_dataset(conn)
     _say(apply(s))
     res = materialize(s, requested_by="loan-desk")
     _say(f"materialized ({res.mode}) in {res.seconds:.1f} s; {res.rows:,} entities online")
     meta = current_metadata()
-    if changed or meta is None:
+    # Retrain when the model was trained on other data than what is loaded now.
+    if meta is None or (meta.get("dataset") or {}).get("loaded_at") != (have or {}).get("loaded_at"):
         meta = train(feature_store(s), s)
         _say(
             f"trained model {meta['model_version']} (test AUC {meta['metrics']['auc']:.3f}); wrote {meta['written_to']}"
@@ -153,8 +168,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="loan-desk", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--applicants", type=int, default=30_000, help="synthetic applicants (default 30000)")
-    p.add_argument("--seed", type=int, default=42, help="seed of the synthetic data (default 42)")
+    p.add_argument(
+        "--applicants", type=int, default=None, help="synthetic applicants (default: keep the loaded data, else 30000)"
+    )
+    p.add_argument("--seed", type=int, default=None, help="seed of the synthetic data (default 42)")
     p.add_argument("--port", type=int, default=8501)
     p.add_argument("--address", default="127.0.0.1")
     p.add_argument("--no-serve", action="store_true", help="stop after training")
