@@ -29,7 +29,8 @@ REDIS_DEFAULT = "redis://127.0.0.1:6379/0"
 REDIS_SOCKET_TIMEOUT_S = 0.5
 REDIS_CONNECT_TIMEOUT_S = 0.5
 
-ENV_VARS = (*PG_DEFAULTS, "REDIS_URL")
+# Setting any of these means "use my servers"; PGSSLMODE alone does not name a server.
+ENV_VARS = ("PGHOST", "PGPORT", "PGUSER", "PGPASSWORD", "PGDATABASE", "REDIS_URL")
 
 
 def home() -> Path:

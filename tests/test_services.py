@@ -26,7 +26,7 @@ def test_embedded_servers_start_serve_and_stop(tmp_path):
     script = f"""
 set -e
 ip link set lo up
-unset PGHOST PGPORT PGUSER PGPASSWORD PGDATABASE REDIS_URL
+unset PGHOST PGPORT PGUSER PGPASSWORD PGDATABASE PGSSLMODE REDIS_URL
 export LOAN_DESK_HOME={tmp_path}
 {bin_dir}/loan-desk services
 {bin_dir}/python - <<'PY'
