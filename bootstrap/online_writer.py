@@ -31,9 +31,11 @@ into two Redis databases and compares every key and every hash field byte by byt
 from __future__ import annotations
 
 import contextlib
+import queue
 import struct
+import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -95,8 +97,18 @@ def _value_encoder(value_type) -> Callable[[object], bytes]:
     attr = direct.get(value_type)
     if attr is not None:
 
+        def make(v):
+            return Value(**{attr: v})
+
+        makers = {  # without the keyword-dict of the generic form: this runs once per distinct value
+            "int64_val": lambda v: Value(int64_val=v),
+            "int32_val": lambda v: Value(int32_val=v),
+            "string_val": lambda v: Value(string_val=v),
+        }
+        make = makers.get(attr, make)
+
         def encode(v) -> bytes:
-            return empty if v is None else Value(**{attr: v}).SerializeToString()
+            return empty if v is None else make(v).SerializeToString()
 
     else:  # anything else: Feast's own conversion, one value at a time
 
@@ -216,49 +228,90 @@ def latest_rows_query(plan: _ViewPlan) -> sql.Composed:
     ).format(jk=jk, cols=cols, col=ts, table=sql.SQL(plan.table), ts=ts, order=sql.SQL(", ").join(order))
 
 
-_PG_TYPES = {"INT64": "int8", "INT32": "int4", "STRING": "text", "DOUBLE": "float8", "FLOAT": "float4", "BOOL": "bool"}
-
-
-def _stream_rows(conn, plan: _ViewPlan, start: datetime, end: datetime) -> Iterable[tuple]:
-    """Binary COPY of the latest rows; typed when every column has a plain Postgres type."""
+def _stream_chunks(conn, plan: _ViewPlan, start: datetime, end: datetime, chunk_rows: int) -> Iterator[list]:
+    """The latest rows in chunks, from a server-side cursor (binary rows, parsed in C)."""
     query = latest_rows_query(plan)
-    stmt = sql.SQL("COPY ({}) TO STDOUT (FORMAT binary)").format(query)
-    types = [_PG_TYPES.get(vt.name) for vt in plan.value_types] + ["int8"]
-    with conn.cursor() as cur:
-        if None in types:  # unusual column types: let psycopg pick the loaders from a normal cursor
-            cur.execute(query, {"start": start, "end": end})
-            while batch := cur.fetchmany(DEFAULT_CHUNK_ROWS):
-                yield from batch
-            return
-        stmt = stmt.as_string(conn)
-        with cur.copy(stmt, {"start": start, "end": end}) as copy:
-            copy.set_types(types)
-            yield from copy.rows()
+    with conn.transaction(), conn.cursor(name=f"loan_desk_materialize_{plan.name}", binary=True) as cur:
+        cur.itersize = chunk_rows
+        cur.execute(query, {"start": start, "end": end})
+        while batch := cur.fetchmany(chunk_rows):
+            yield batch
+
+
+def _prefetch(chunks: Iterator[list], depth: int = 2) -> Iterator[list]:
+    """Fetch the next chunk from Postgres in a thread while this one is encoded and written."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def pump() -> None:
+        try:
+            with contextlib.closing(chunks):
+                for chunk in chunks:
+                    if stop.is_set():
+                        break
+                    q.put(chunk)
+            q.put(done)
+        except BaseException as exc:  # handed to the consumer
+            q.put(exc)
+
+    t = threading.Thread(target=pump, name="materialize-fetch", daemon=True)
+    t.start()
+    try:
+        while True:
+            item = q.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while t.is_alive():  # unblock the pump so the cursor and transaction close in its thread
+            try:
+                q.get(timeout=0.05)
+            except queue.Empty:
+                pass
+        t.join()
 
 
 # --- writing ------------------------------------------------------------------------------------
 class _RawPipe:
-    """Pipelined raw Redis protocol on one connection of a redis-py client (no MULTI/EXEC)."""
+    """Pipelined raw Redis protocol on one connection of a redis-py client (no MULTI/EXEC).
+
+    redis-py connects (AUTH, SELECT, TLS); the replies of a whole chunk are then parsed by
+    one hiredis reader fed straight from the socket.
+    """
 
     def __init__(self, client):
+        import hiredis
+
         self._client = client
         self._conn = client.connection_pool.get_connection()
+        self._conn.connect()
+        self._sock = self._conn._sock
+        self._reader = hiredis.Reader()
+        self._hiredis = hiredis
 
     def send(self, payload: bytes, replies: int) -> list:
-        conn = self._conn
-        conn.send_packed_command([payload], check_health=False)
+        self._sock.sendall(payload)
         out, error = [], None
-        for _ in range(replies):
-            try:
-                out.append(conn.read_response())
-            except Exception as exc:  # keep reading so the connection stays in sync
-                import redis
-
-                if not isinstance(exc, redis.exceptions.ResponseError):
-                    raise
-                error = error or exc
+        reader, recv, buf = self._reader, self._sock.recv, 1 << 20
+        while len(out) < replies:
+            reply = reader.gets()
+            if reply is False:
+                data = recv(buf)
+                if not data:
+                    raise ConnectionError("the online store closed the connection during a bulk write")
+                reader.feed(data)
+                continue
+            if isinstance(reply, self._hiredis.ReplyError):
+                error = error or reply
+            out.append(reply)
         if error:
-            raise error
+            import redis
+
+            raise redis.exceptions.ResponseError(str(error))
         return out
 
     def close(self) -> None:
@@ -310,67 +363,64 @@ def write_view(
     expire = b"$%d\r\n%d\r\n" % (len(str(ttl)), ttl) if ttl else b""
     per_row_replies = 2 if ttl else 1
 
+    def lit(b: bytes) -> bytes:  # a constant inside a %-format
+        return b.replace(b"%", b"%%")
+
+    row_fmt = lit(header) + b"%b" + lit(ts_field_bulk) + b"%b" + b"".join(lit(n) + b"%b" for n in names)
+    expire_cmd = b"*3\r\n$6\r\nEXPIRE\r\n"
+
+    def encoded(col, j: int) -> list[bytes]:
+        cache, encode = caches[j], encoders[j]
+        if len(cache) > _CACHE_LIMIT:
+            cache.clear()
+
+        def miss(v) -> bytes:
+            enc = cache[v] = _bulk(encode(v))
+            return enc
+
+        get = cache.get
+        return [get(v) or miss(v) for v in col]
+
+    def stamp(us: int) -> bytes:
+        enc = ts_cache[us] = _bulk(_timestamp_bytes(us))
+        return enc
+
     pipe = _RawPipe(client)
     pulled = written = 0
     with contextlib.ExitStack() as stack:
         stack.callback(pipe.close)
-        rows = stack.enter_context(contextlib.closing(_stream_rows(pg_conn, plan, start, end)))
-        keys: list[bytes] = []
-        stamps: list[int] = []
-        bodies: list[list[bytes]] = []
-
-        def flush() -> int:
-            if not keys:
-                return 0
+        chunks = stack.enter_context(
+            contextlib.closing(_prefetch(_stream_chunks(pg_conn, plan, start, end, chunk_rows)))
+        )
+        for chunk in chunks:
+            pulled += len(chunk)
+            cols = list(zip(*chunk, strict=True))
+            del chunk
+            keys = [key_of(v) for v in cols[0]]
+            stamps = cols[-1]
             if dedup:  # Feast's rule: skip when the stored timestamp is the same instant or newer
                 probe = b"".join(b"*3\r\n$5\r\nHMGET\r\n%b%b" % (_bulk(k), ts_field_bulk) for k in keys)
                 stored = pipe.send(probe, len(keys))
                 keep = [i for i, prev in enumerate(stored) if prev[0] is None or _ts_us(prev[0]) < stamps[i]]
-            else:
-                keep = range(len(keys))
-            out = []
-            for i in keep:
-                kb = _bulk(keys[i])
-                out.append(header)
-                out.append(kb)
-                out.extend(bodies[i])
-                if ttl:
-                    out.append(b"*3\r\n$6\r\nEXPIRE\r\n%b%b" % (kb, expire))
-            n = len(keep)
-            if n:
-                pipe.send(b"".join(out), n * per_row_replies)
-            return n
-
-        for row in rows:
-            us = row[-1]
-            tsb = ts_cache.get(us)
-            if tsb is None:
-                if len(ts_cache) > _CACHE_LIMIT:
-                    ts_cache.clear()
-                tsb = ts_cache[us] = _bulk(_timestamp_bytes(us))
-            body = [ts_field_bulk, tsb]
-            for j in range(len(names)):
-                v = row[j + 1]
-                cache = caches[j]
-                enc = cache.get(v)
-                if enc is None:
-                    if len(cache) > _CACHE_LIMIT:
-                        cache.clear()
-                    enc = cache[v] = _bulk(encoders[j](v))
-                body.append(names[j])
-                body.append(enc)
-            keys.append(key_of(row[0]))
-            stamps.append(us)
-            bodies.append(body)
-            pulled += 1
-            if len(keys) >= chunk_rows:
-                written += flush()
-                keys, stamps, bodies = [], [], []
-                if progress:
-                    progress(fv.name, pulled)
-        written += flush()
-    if progress:
-        progress(fv.name, pulled)
+                if len(keep) < len(keys):
+                    keys = [keys[i] for i in keep]
+                    cols = [[c[i] for i in keep] for c in cols]
+                    stamps = cols[-1]
+            if not keys:
+                continue
+            if len(ts_cache) > _CACHE_LIMIT:
+                ts_cache.clear()
+            get_ts = ts_cache.get
+            key_bulks = [_bulk(k) for k in keys]
+            parts = [key_bulks, [get_ts(us) or stamp(us) for us in stamps]]
+            parts += [encoded(cols[j + 1], j) for j in range(len(names))]
+            commands = [row_fmt % t for t in zip(*parts, strict=True)]
+            if ttl:
+                commands = [c + expire_cmd + kb + expire for c, kb in zip(commands, key_bulks, strict=True)]
+            pipe.send(b"".join(commands), len(commands) * per_row_replies)
+            written += len(commands)
+            if progress:
+                progress(fv.name, pulled)
     return ViewResult(fv.name, pulled, written, time.perf_counter() - t0)
 
 
