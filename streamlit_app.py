@@ -163,6 +163,24 @@ def _startup_problem() -> str | None:
     return None
 
 
+@st.cache_resource
+def _warm_up() -> None:
+    """Load the model and connect the online store in the background, so the first decision is quick."""
+    import threading
+
+    def work() -> None:
+        try:
+            from model.inference import DecisionService
+
+            svc = DecisionService.shared()
+            svc.model()
+            svc.reader()
+        except Exception:  # the apply page reports problems when it is used
+            pass
+
+    threading.Thread(target=work, name="loan-desk-warm-up", daemon=True).start()
+
+
 def main() -> None:
     from bootstrap.config import export_feast_env
 
@@ -177,6 +195,7 @@ def main() -> None:
             return
         _login_page(requested)
         return
+    _warm_up()
     page = st.navigation(_pages_for(role))
     if token := st.session_state.pop("ld_set_cookie", None):
         st.html(_cookie_script(token), unsafe_allow_javascript=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, date, datetime
 
 import pandas as pd
@@ -165,38 +166,41 @@ def _decide(raw: dict, holes: dict) -> None:
 
 
 def _waterfall(decision) -> go.Figure:
+    """Bars start at the model's baseline log-odds; each feature moves it; the last bar is this applicant."""
     items = sorted(decision.contributions.items(), key=lambda kv: abs(kv[1]), reverse=True)
     top, rest = items[:10], items[10:]
-    labels = ["model baseline"] + [LABELS.get(k, k.replace("_", " ")) for k, _ in top]
-    values = [decision.base_value] + [v for _, v in top]
-    measures = ["absolute"] + ["relative"] * len(top)
+    labels = [LABELS.get(k, k.replace("_", " ")) for k, _ in top]
+    values = [v for _, v in top]
     if rest:
         labels.append(f"{len(rest)} other features")
         values.append(sum(v for _, v in rest))
-        measures.append("relative")
     labels.append("this applicant")
     values.append(0)
-    measures.append("total")
+    measures = ["relative"] * (len(values) - 1) + ["total"]
     fig = go.Figure(
         go.Waterfall(
             orientation="h",
             y=labels,
             x=values,
+            base=decision.base_value,
             measure=measures,
-            text=[f"{v:+.2f}" if m == "relative" else "" for v, m in zip(values, measures, strict=True)],
+            text=[f"{v:+.2f}" for v in values[:-1]] + [f"{decision.probability:.1%}"],
             textposition="outside",
+            cliponaxis=False,
             increasing={"marker": {"color": "#d62728"}},
             decreasing={"marker": {"color": "#2ca02c"}},
             totals={"marker": {"color": "#1f77b4"}},
             connector={"line": {"color": "#999", "width": 1}},
         )
     )
+    cut = math.log(decision.threshold / (1 - decision.threshold))
+    fig.add_vline(x=cut, line_dash="dot", line_color="#555", annotation_text="threshold")
     fig.update_layout(
-        title="Why: contributions to the log-odds of default (red raises risk, green lowers it)",
+        title=f"Why: log-odds of default, from the baseline {decision.base_value:+.2f}",
         yaxis={"autorange": "reversed"},
-        xaxis_title="log-odds of default",
+        xaxis_title="log-odds of default (red raises risk, green lowers it)",
         height=460,
-        margin={"l": 10, "r": 10, "t": 50, "b": 10},
+        margin={"l": 10, "r": 60, "t": 50, "b": 10},
         showlegend=False,
     )
     return fig
@@ -209,11 +213,11 @@ def _show(decision_id: int, decision) -> None:
         f"({'below' if approved else 'at or above'} the threshold {decision.threshold:.1%})",
         icon=":material/check_circle:" if approved else ":material/cancel:",
     )
-    m1, m2, m3, m4 = st.columns(4)
+    m1, m2, m3 = st.columns(3)
     m1.metric("Probability of default", f"{decision.probability:.1%}")
     m2.metric("Threshold", f"{decision.threshold:.1%}")
-    m3.metric("Model version", decision.model_version)
-    m4.metric("Decision id", f"#{decision_id}", help=f"answered in {decision.latency_ms:.0f} ms")
+    m3.metric("Decision id", f"#{decision_id}")
+    st.caption(f"Model version `{decision.model_version}` · answered in {decision.latency_ms:.0f} ms · recorded")
     for w in decision.warnings:
         st.warning(w, icon=":material/schedule:")
     st.plotly_chart(_waterfall(decision), key="ld_waterfall")
@@ -234,10 +238,10 @@ def _show(decision_id: int, decision) -> None:
         [
             {
                 "feature": f.name,
-                "view": f.view,
+                "freshness": STATUS_MARK.get(f.status, f.status),
                 "value": "" if f.value is None else str(f.value),
                 "as of": f.event_timestamp,
-                "freshness": STATUS_MARK.get(f.status, f.status),
+                "view": f.view,
             }
             for f in decision.features
         ]
@@ -288,14 +292,23 @@ def _recent() -> None:
         if not rows:
             st.caption("No decisions yet.")
             return
-        df = pd.DataFrame(rows)
-        df["probability"] = (df["probability"] * 100).round(1)
-        st.dataframe(
-            df.rename(columns={"probability": "probability %"}),
-            hide_index=True,
-            column_config={"decided_at": st.column_config.DatetimeColumn("decided at", format="iso8601")},
-            key="ld_recent",
-        )
+        table = pd.DataFrame(
+            [
+                {
+                    "decision id": r["id"],
+                    "decided at (UTC)": f"{r['decided_at']:%Y-%m-%d %H:%M:%S}",
+                    "applicant": r["applicant"],
+                    "zipcode": f"{r['zipcode']:05d}",
+                    "amount": f"{r['loan_amnt']:,.0f}",
+                    "intent": r["loan_intent"],
+                    "probability of default": f"{r['probability']:.1%}",
+                    "decision": r["decision"],
+                    "model version": r["model_version"],
+                }
+                for r in rows
+            ]
+        ).set_index("decision id")
+        st.table(table)
 
 
 require()

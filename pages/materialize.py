@@ -85,21 +85,24 @@ def _history(s: Settings) -> None:
     last = runs[0]
     if last["status"] == "failed":
         st.error(f"The last run (#{last['id']}) failed: {last['error']}", icon=":material/error:")
-    df = pd.DataFrame(runs)
-    df["window"] = [
-        f"{a:%Y-%m-%d %H:%M} → {b:%Y-%m-%d %H:%M}" if a is not None else f"since last run → {b:%Y-%m-%d %H:%M}"
-        for a, b in zip(df["window_start"], df["window_end"], strict=True)
-    ]
-    df["duration"] = [f"{x:.1f} s" if x == x and x is not None else "" for x in df["seconds"]]
-    st.dataframe(
-        df[["id", "requested_by", "started_at", "window", "mode", "rows", "duration", "status", "error"]],
-        hide_index=True,
-        column_config={
-            "started_at": st.column_config.DatetimeColumn("started (UTC)", format="YYYY-MM-DD HH:mm:ss"),
-            "requested_by": "who",
-        },
-        key="ld_runs",
-    )
+    table = pd.DataFrame(
+        [
+            {
+                "run": r["id"],
+                "who": r["requested_by"],
+                "started (UTC)": f"{r['started_at']:%Y-%m-%d %H:%M:%S}",
+                "window": (f"{r['window_start']:%Y-%m-%d %H:%M}" if r["window_start"] else "since last run")
+                + f" → {r['window_end']:%Y-%m-%d %H:%M}",
+                "mode": r["mode"] or "",
+                "rows": "" if r["rows"] is None else f"{r['rows']:,}",
+                "duration": "" if r["seconds"] is None else f"{r['seconds']:.1f} s",
+                "result": r["status"],
+                "error": (r["error"] or "")[:300],
+            }
+            for r in runs
+        ]
+    ).set_index("run")
+    st.table(table)
 
 
 def _progress(s: Settings) -> bool:
