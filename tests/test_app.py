@@ -1,0 +1,189 @@
+"""Page logic with streamlit.testing (AppTest), users, audit and the explore queries."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import run_cli
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _app(path: str, user: str | None = None, role: str | None = None):
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(str(ROOT / path), default_timeout=60)
+    if user:
+        at.session_state["ld_user"] = user
+        at.session_state["ld_role"] = role
+    return at
+
+
+def _texts(at) -> str:
+    parts = [e.value for e in (*at.error, *at.warning, *at.info, *at.success)]
+    parts += [m.value for m in at.markdown] + [t.value for t in at.title]
+    return "\n".join(str(p) for p in parts)
+
+
+# --- users -----------------------------------------------------------------------------------
+def test_users_are_stored_as_bcrypt_hashes(settings, pg):
+    from bootstrap.users import add_user, check_password, list_users
+
+    add_user(settings, "T_Clerk", "officer", "s3cret-pass")
+    assert ("t_clerk", "officer") in list_users(settings)
+    (h,) = pg.execute("SELECT password_hash FROM loan_desk_users WHERE name = 't_clerk'").fetchone()
+    assert h.startswith("$2") and "s3cret-pass" not in h
+    assert check_password("s3cret-pass", h) and not check_password("wrong", h)
+
+
+def test_default_users_from_env_or_generated(settings, pg, monkeypatch):
+    from bootstrap.users import cookie_key_path, ensure_default_users, user_records
+
+    pg.execute("DELETE FROM loan_desk_users WHERE name IN ('admin', 'officer')")
+    monkeypatch.setenv("LOAN_DESK_ADMIN_PASSWORD", "admin-from-env")
+    monkeypatch.delenv("LOAN_DESK_OFFICER_PASSWORD", raising=False)
+    lines = ensure_default_users(settings)
+    assert any("LOAN_DESK_ADMIN_PASSWORD" in line for line in lines)
+    generated = next(line for line in lines if "'officer'" in line).split("password: ")[1].split()[0]
+    from bootstrap.users import check_password
+
+    recs = user_records(settings)
+    assert recs["admin"]["role"] == "admin" and check_password("admin-from-env", recs["admin"]["password_hash"])
+    assert check_password(generated, recs["officer"]["password_hash"])
+    assert not any("password:" in line for line in ensure_default_users(settings))  # printed once only
+    mode = stat.S_IMODE(os.stat(cookie_key_path()).st_mode)
+    assert mode == 0o600 and len(cookie_key_path().read_text().strip()) == 64
+
+
+def test_cli_users_add_reads_stdin_and_env(settings):
+    r = run_cli("loan-desk", "users", "add", "t_cli", "--role", "admin", input="from-stdin-pw\n")
+    assert r.returncode == 0, r.stderr
+    r = run_cli("loan-desk", "users", "add", "t_cli2", "--role", "officer", env={"LOAN_DESK_PASSWORD": "from-env-pw"})
+    assert r.returncode == 0, r.stderr
+    out = run_cli("loan-desk", "users", "list").stdout
+    assert "t_cli\tadmin" in out and "t_cli2\tofficer" in out
+    bad = run_cli("loan-desk", "users", "add", "t_cli3", "--role", "officer", input="short\n")
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+
+
+# --- sign-in and navigation -----------------------------------------------------------------
+def test_login_refuses_a_wrong_password_and_accepts_the_right_one(settings):
+    from bootstrap.users import add_user
+
+    add_user(settings, "t_login", "officer", "right-password")
+    at = _app("streamlit_app.py").run()
+    assert at.text_input(key="ld_login_name") is not None
+    at.text_input(key="ld_login_name").input("t_login")
+    at.text_input(key="ld_login_password").input("wrong-password")
+    at.button[0].click().run()
+    assert "Wrong user name or password." in _texts(at)
+    assert "ld_user" not in at.session_state
+    at.text_input(key="ld_login_name").input("t_login")
+    at.text_input(key="ld_login_password").input("right-password")
+    at.button[0].click().run()
+    assert at.session_state["ld_user"] == "t_login" and at.session_state["ld_role"] == "officer"
+
+
+def test_materialize_page_refuses_officers(settings):
+    at = _app("pages/materialize.py", "someone", "officer").run()
+    assert "Your role may not open this page." in _texts(at)
+    assert not any(b.label.startswith("Materialize") for b in at.button)
+
+
+def test_pages_refuse_anonymous_visitors(settings):
+    for page in ("pages/apply.py", "pages/explore.py", "pages/model_card.py", "pages/materialize.py"):
+        at = _app(page).run()
+        assert "Please sign in first." in _texts(at), page
+        assert not at.exception
+
+
+# --- apply ----------------------------------------------------------------------------------
+def test_apply_reports_an_unreachable_online_store_then_recovers(backbone, pg, monkeypatch):
+    from model.inference import DecisionService, StoreUnavailable
+
+    real = DecisionService(settings=backbone["settings"])
+    calls = {"n": 0}
+
+    class Flaky:
+        def decide(self, raw):
+            calls["n"] += 1
+            if calls["n"] == 1:
+                raise StoreUnavailable("the online store (Valkey) is unreachable: Connection refused")
+            return real.decide(raw)
+
+    monkeypatch.setattr(DecisionService, "shared", classmethod(lambda cls: Flaky()))
+    at = _app("pages/apply.py", "t_officer", "officer").run()
+    next(b for b in at.button if b.label == "Fill with a sample applicant").click().run()
+    next(b for b in at.button if b.label == "Decide").click().run()
+    assert "online feature store is unreachable" in _texts(at)
+    assert not at.exception
+    next(b for b in at.button if b.label == "Decide").click().run()
+    assert not at.exception
+    text = _texts(at)
+    assert "APPROVE" in text or "REJECT" in text
+    n = pg.execute("SELECT count(*) FROM loan_desk_decisions WHERE username = 't_officer'").fetchone()[0]
+    assert n == 1
+
+
+def test_apply_shows_field_messages(backbone):
+    at = _app("pages/apply.py", "t_officer2", "officer").run()
+    next(b for b in at.button if b.label == "Decide").click().run()
+    text = _texts(at)
+    assert "Zipcode is required" in text and "Please correct the highlighted fields." in text
+    assert not at.exception
+
+
+# --- explore queries --------------------------------------------------------------------------
+def test_explore_queries_are_parameterized(backbone):
+    from bootstrap import explore as E
+
+    s = backbone["settings"]
+    head, stats = E.summary(s, "credit_history")
+    assert head["rows"] > 0 and list(stats["feature"]) == list(E.VIEWS["credit_history"].features)
+    evil = E.Filters(state="CA' OR '1'='1")
+    assert E.summary(s, "credit_history", evil)[0]["rows"] == 0
+    with pytest.raises(ValueError):
+        E.histogram(s, "credit_history", "credit_card_due; DROP TABLE loans")
+    with pytest.raises(ValueError):
+        E.summary(s, "loans")
+    state = E.states(s)[0]
+    f = E.Filters(ranges=(("hard_pulls", 0, 2),), state=state)
+    h = E.histogram(s, "credit_history", "hard_pulls", f, bins=5)
+    assert h["rows"].sum() == E.summary(s, "credit_history", f)[0]["rows"]
+    assert set(E.by_state(s, "credit_history", "hard_pulls", f)["state"]) <= {state}
+
+
+def test_point_in_time_respects_the_ttl(backbone):
+    from datetime import timedelta
+
+    from bootstrap import explore as E
+
+    s = backbone["settings"]
+    key = E.example_keys(s, "credit_history", 1)[0]
+    hist = E.entity_history(s, "credit_history", key)
+    first = hist["event_timestamp"].iloc[0].to_pydatetime()
+    assert E.point_in_time(s, "credit_history", key, first - timedelta(seconds=1))["row"] is None
+    assert E.point_in_time(s, "credit_history", key, first)["row"]["event_timestamp"] == first
+    last = hist["event_timestamp"].iloc[-1].to_pydatetime()
+    assert E.point_in_time(s, "credit_history", key, last + timedelta(days=181))["row"] is None
+
+
+def test_pages_show_postgres_down_without_traceback(backbone, monkeypatch):
+    import psycopg
+
+    import bootstrap.audit
+    import bootstrap.explore
+
+    def down(*a, **k):
+        raise psycopg.OperationalError("connection refused")
+
+    monkeypatch.setattr(bootstrap.explore, "_conn", down)
+    monkeypatch.setattr(bootstrap.audit, "_conn", down)
+    for page, role in (("pages/explore.py", "officer"), ("pages/materialize.py", "admin")):
+        at = _app(page, "t_user", role).run()
+        assert not at.exception, page
+        assert "Postgres" in _texts(at) and "not reachable" in _texts(at), page
