@@ -35,7 +35,7 @@ FIELDS = (
     "loan_int_rate",
 )
 WHAT_IF = ("loan_amnt", "loan_int_rate", "person_income", "person_emp_length", "loan_intent", "person_home_ownership")
-STATUS_MARK = {"ok": "✅ ok", "stale": "⚠️ stale", "missing": "❌ missing"}
+STATUS_MARK = {"ok": "ok", "stale": "STALE (older than TTL)", "missing": "MISSING"}
 
 
 def _age_on(born: date, today: date) -> int:
