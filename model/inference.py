@@ -55,6 +55,7 @@ LABELS = {
     "loan_int_rate": "Interest rate",
 }
 TOP_REASONS = 5
+_FEATURE_NAMES = list(F.FEATURES)
 
 
 class DecisionError(RuntimeError):
@@ -340,7 +341,8 @@ class DecisionService:
         z_vals, z_ts = zipcode
         x = F.row_vector(app.as_dict(), c_vals, z_vals)
         probability = float(booster.inplace_predict(x)[0])
-        contribs = booster.predict(xgb.DMatrix(x, feature_names=list(F.FEATURES)), pred_contribs=True)[0]
+        # nthread=1: building a one-row DMatrix with the OpenMP pool costs up to ~9 ms at p99 on a busy machine.
+        contribs = booster.predict(xgb.DMatrix(x, feature_names=_FEATURE_NAMES, nthread=1), pred_contribs=True)[0]
         threshold = float(meta["threshold"])
 
         now = datetime.now(UTC)

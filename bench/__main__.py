@@ -1,0 +1,44 @@
+"""Loan Desk benchmarks: `uv run python -m bench [NAME ...]` (none = all).
+
+NAME: decision, materialize, training, load, app.  Each prints a table and merges its figures
+into bench/results.json.  Sizes: LOAN_DESK_BENCH_SMALL (30000) and LOAN_DESK_BENCH_BIG
+(1000000) applicants; --quick runs tiny sizes (the smoke test uses it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+import traceback
+
+NAMES = ("decision", "materialize", "training", "load", "app")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    ap.add_argument("names", nargs="*", choices=[*NAMES, []], metavar="NAME", help=", ".join(NAMES))
+    ap.add_argument("--quick", action="store_true", help="tiny sizes, to check the benchmarks still run")
+    args = ap.parse_args(argv)
+    if args.quick:
+        os.environ.setdefault("LOAN_DESK_BENCH_DB", "loan_desk_bench_quick")  # never the real benchmark data
+        os.environ.setdefault("LOAN_DESK_BENCH_SMALL", "600")
+        os.environ.setdefault("LOAN_DESK_BENCH_BIG", "1500")
+        os.environ.setdefault("LOAN_DESK_BENCH_QUICK", "1")
+    failed = []
+    for name in args.names or NAMES:
+        mod = importlib.import_module(f"bench.{name}")
+        try:
+            mod.run(**(mod.QUICK if args.quick and hasattr(mod, "QUICK") else {}))
+        except Exception:
+            traceback.print_exc()
+            failed.append(name)
+    if failed:
+        print(f"\nfailed: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

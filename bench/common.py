@@ -1,0 +1,186 @@
+"""Shared pieces of the benchmarks: their own databases, data sets, results.json, tables."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from importlib.metadata import version
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = Path(os.environ.get("LOAN_DESK_BENCH_RESULTS", ROOT / "bench" / "results.json"))
+
+# Benchmarks never touch the app's or the tests' data: databases and a Redis db of their own.
+BENCH_DB = os.environ.get("LOAN_DESK_BENCH_DB", "loan_desk_bench")
+BENCH_REDIS = os.environ.get("LOAN_DESK_BENCH_REDIS_URL", "redis://127.0.0.1:6379/13")
+BENCH_HOME = os.environ.get("LOAN_DESK_BENCH_HOME", str(ROOT / ".loan-desk" / "bench-home"))
+SMALL = int(os.environ.get("LOAN_DESK_BENCH_SMALL", "30000"))
+BIG = int(os.environ.get("LOAN_DESK_BENCH_BIG", "1000000"))
+SEED = 42
+ONLINE_MARKER = "loan_desk_bench:online_rows_of"
+
+
+def db_for(applicants: int) -> str:
+    if applicants == SMALL:
+        return BENCH_DB
+    if applicants % 1_000_000 == 0:
+        return f"{BENCH_DB}_{applicants // 1_000_000}m"
+    return f"{BENCH_DB}_{applicants}"
+
+
+def settings_for(applicants: int):
+    """Point this process at the benchmark database holding ``applicants`` applicants."""
+    os.environ["PGDATABASE"] = db_for(applicants)
+    os.environ["REDIS_URL"] = BENCH_REDIS
+    os.environ["LOAN_DESK_HOME"] = BENCH_HOME
+    os.environ.setdefault("PGHOST", "127.0.0.1")
+    Path(BENCH_HOME).mkdir(parents=True, exist_ok=True)
+    from bootstrap.config import Settings, export_feast_env
+    from bootstrap.services import ensure_services
+
+    ensure_services()
+    s = Settings.from_env()
+    export_feast_env(s)
+    return s
+
+
+def say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def ensure_data(applicants: int, materialized: bool = False, trained: bool = False):
+    """Data loaded and registered (each step skipped when already done); returns the settings."""
+    s = settings_for(applicants)
+    from bootstrap.feast_ops import apply, feature_store, materialization_state, materialize
+    from bootstrap.load import LoadRequest, load
+
+    changed, msg = load(s, LoadRequest(applicants=applicants, seed=SEED))
+    say(msg)
+    store = feature_store(s)
+    if changed or not store.list_feature_views():
+        apply(s)
+        store = feature_store(s)
+    if materialized:
+        import redis
+
+        from bootstrap.feast_ops import online_key_count
+
+        # The benchmark data sets share one Redis db: a marker says whose rows are in it.
+        r = redis.Redis.from_url(s.redis_url)
+        marker = r.get(ONLINE_MARKER)
+        stale = any(e is None for _, e in materialization_state(store).values()) or not online_key_count(s)
+        if changed or stale or marker != s.pgdatabase.encode():
+            say(f"materializing {s.pgdatabase} into {s.redis_where} ...")
+            materialize(s, requested_by="bench", full=True, progress=lambda m: None)
+            r.set(ONLINE_MARKER, s.pgdatabase)
+    if trained:
+        from bootstrap.config import model_dir
+        from model.train import train
+
+        if changed or not (model_dir() / "model.json").exists():
+            say("training the model for the benchmark ...")
+            train(feature_store(s), s)
+    return s
+
+
+def percentiles(samples_s: list[float]) -> dict:
+    ms = sorted(x * 1000 for x in samples_s)
+
+    def q(p: float) -> float:
+        return ms[min(len(ms) - 1, int(round(p * (len(ms) - 1))))]
+
+    return {"p50_ms": q(0.5), "p95_ms": q(0.95), "p99_ms": q(0.99), "mean_ms": statistics.fmean(ms), "n": len(ms)}
+
+
+def machine() -> dict:
+    info = {"python": platform.python_version(), "platform": platform.platform(), "cpus": os.cpu_count()}
+    try:
+        with open("/proc/cpuinfo") as f:
+            info["cpu"] = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), None)
+        with open("/proc/meminfo") as f:
+            info["memory_gb"] = round(int(f.readline().split()[1]) / 1024**2, 1)
+    except OSError:
+        pass
+    return info
+
+
+def versions() -> dict:
+    out = {}
+    for p in ("feast", "xgboost-cpu", "xgboost", "redis", "psycopg", "pandas", "numpy", "streamlit", "protobuf"):
+        try:
+            out[p] = version(p)
+        except Exception:
+            pass
+    try:
+        import psycopg
+
+        from bootstrap.config import Settings
+
+        with psycopg.connect(**Settings.from_env().pg_kwargs()) as conn:
+            out["postgres"] = conn.execute("SHOW server_version").fetchone()[0]
+        import redis
+
+        out["redis_server"] = redis.Redis.from_url(Settings.from_env().redis_url).info("server")["redis_version"]
+    except Exception:
+        pass
+    return out
+
+
+def record(section: str, figures: dict, table: list[tuple], title: str) -> None:
+    """Print the table and merge ``figures`` into results.json under ``section``."""
+    print(f"\n## {title}")
+    width = max(len(str(r[0])) for r in table) if table else 10
+    for row in table:
+        print(f"  {str(row[0]):<{width}}  " + "  ".join(_fmt(c) for c in row[1:]))
+    try:
+        data = json.loads(RESULTS.read_text())
+    except (OSError, ValueError):
+        data = {}
+    data["machine"] = machine()
+    data["versions"] = versions()
+    data["date"] = datetime.now(UTC).isoformat(timespec="seconds")
+    data.setdefault("benchmarks", {})[section] = {"measured_at": data["date"], **figures}
+    flat = data.setdefault("figures", {})
+    for k, v in figures.items():
+        if not isinstance(v, dict | list):
+            flat[k] = v
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    tmp = RESULTS.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    os.replace(tmp, RESULTS)
+
+
+def _fmt(c) -> str:
+    if isinstance(c, float):
+        return f"{c:>12,.3f}" if abs(c) < 100 else f"{c:>12,.0f}"
+    return f"{c!s:>12}"
+
+
+def run_worker(module: str, *args: str, timeout: float = 3600, env: dict | None = None) -> dict:
+    """Run ``python -m module args`` in a fresh process; it prints one JSON line last (with peak memory)."""
+    t0 = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"{module} {' '.join(args)} failed:\n{proc.stderr[-3000:]}")
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    out.setdefault("wall_s", time.perf_counter() - t0)
+    return out
+
+
+def peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
