@@ -1,0 +1,125 @@
+"""One materialization run in a fresh process (so its peak memory is its own); prints one JSON line.
+
+python -m bench._mat_worker ENGINE APPLICANTS WINDOW_DAYS
+ENGINE: fast | feast_default | feast_tuned | floor; WINDOW_DAYS 0 = every view's full TTL window.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+
+
+def _window(store, days: int) -> tuple[datetime, datetime]:
+    end = datetime.now(UTC)
+    if days:
+        return end - timedelta(days=days), end
+    longest = max(fv.ttl for fv in store.list_feature_views())
+    return end - longest, end
+
+
+def _feast(store, start, end, tuned: bool) -> None:
+    """Feast's own materialize: stock settings, or with every knob Feast offers turned on."""
+    from feast import FeatureStore
+
+    from bootstrap.config import FEATURE_REPO
+
+    cfg = store.config
+    cfg.materialization_config.pull_latest_features = tuned
+    cfg.materialization_config.online_write_batch_size = 10_000 if tuned else None
+    cfg.online_store.skip_dedup = tuned
+    FeatureStore(repo_path=str(FEATURE_REPO), config=cfg).materialize(start_date=start, end_date=end)
+
+
+def _floor(settings, store, start, end) -> int:
+    """COPY the latest rows out as text and write them with raw pipelined HSETs: no encoding at all."""
+    import psycopg
+
+    from bootstrap import online_writer as W
+
+    client = W.redis_client_for(store)
+    pipe = W._RawPipe(client)
+    rows = 0
+    with psycopg.connect(**settings.pg_kwargs(), autocommit=True) as conn:
+        conn.execute("SET jit = off")
+        for fv in store.list_feature_views():
+            plan = W._plan(store, fv)
+            fields = [W._bulk(n.encode()) for n in ["_ts", *plan.feature_names]]
+            header = b"*%d\r\n$4\r\nHSET\r\n" % (2 + 2 * len(fields))
+            q = W.latest_rows_query(plan)
+            with conn.cursor() as cur:
+                stmt = psycopg.sql.SQL("COPY ({}) TO STDOUT").format(q).as_string(conn)
+                out, n = [], 0
+                with cur.copy(stmt, {"start": start, "end": end}) as copy:
+                    for line in copy:
+                        vals = bytes(line).rstrip(b"\n").split(b"\t")
+                        parts = [header, W._bulk(b"raw:" + vals[0])]
+                        for f, v in zip(fields, [vals[-1], *vals[1:-1]], strict=True):
+                            parts.append(f)
+                            parts.append(W._bulk(v))
+                        out.append(b"".join(parts))
+                        n += 1
+                        if len(out) >= W.DEFAULT_CHUNK_ROWS:
+                            pipe.send(b"".join(out), len(out))
+                            out = []
+                if out:
+                    pipe.send(b"".join(out), len(out))
+                rows += n
+    pipe.close()
+    return rows
+
+
+def main() -> int:
+    engine, applicants, days = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    import redis
+
+    from bench.common import ONLINE_MARKER, peak_rss_mb, settings_for
+    from bootstrap.feast_ops import clear_online, feature_store
+
+    s = settings_for(applicants)
+    store = feature_store(s)
+    r = redis.Redis.from_url(s.redis_url)
+    r.delete(ONLINE_MARKER)
+    clear_online(s)
+    for key in r.scan_iter(match=b"raw:*", count=10_000):
+        r.unlink(key)
+    start, end = _window(store, days)
+    rss0 = peak_rss_mb()
+    t0 = time.perf_counter()
+    if engine == "fast":
+        from bootstrap import online_writer
+
+        online_writer.materialize(store, s.pg_kwargs(), start, end, dedup=False)
+        rows = r.dbsize()
+    elif engine in ("feast_default", "feast_tuned"):
+        _feast(store, start, end, tuned=engine == "feast_tuned")
+        rows = r.dbsize()
+    elif engine == "floor":
+        rows = _floor(s, store, start, end)
+    else:
+        raise SystemExit(f"unknown engine {engine}")
+    seconds = time.perf_counter() - t0
+    if engine == "floor":
+        for key in r.scan_iter(match=b"raw:*", count=10_000):
+            r.unlink(key)
+    print(
+        json.dumps(
+            {
+                "engine": engine,
+                "applicants": applicants,
+                "window_days": days,
+                "rows": rows,
+                "seconds": seconds,
+                "rows_per_s": rows / seconds,
+                "peak_rss_mb": peak_rss_mb(),
+                "rss_before_mb": rss0,
+            }
+        )
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
