@@ -1,0 +1,154 @@
+"""5. App: cold start of the Streamlit server until its health endpoint answers, and the time from
+clicking "Decide" to the decision on screen in headless Chromium (p50 of ROUNDS, warm).
+
+Runs against the benchmark's own data (SMALL applicants) with a bench user of its own.  If the
+app, Chromium or Playwright is missing, or the page does not behave as expected, the result is
+recorded as not run, with the reason.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from bench.common import ROOT, SMALL, ensure_data, percentiles, record, say
+
+ROUNDS = int(os.environ.get("LOAN_DESK_BENCH_UI_ROUNDS", "20"))
+CHROMIUM = os.environ.get("LOAN_DESK_CHROMIUM", "/usr/bin/chromium")
+QUICK = {"rounds": 3}
+BENCH_USER = "bench_officer"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/_stcore/health", timeout=1) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+def _not_run(reason: str) -> dict:
+    say(f"app: not run: {reason}")
+    figures = {"app_run": False, "app_not_run_reason": reason}
+    record("app", figures, [("app benchmark", "not run"), ("reason", reason)], "App")
+    return figures
+
+
+def run(rounds: int = ROUNDS) -> dict:
+    if not (ROOT / "streamlit_app.py").exists():
+        return _not_run("streamlit_app.py does not exist yet")
+    if not Path(CHROMIUM).exists() and not shutil.which("chromium"):
+        return _not_run(f"no Chromium at {CHROMIUM} (apt-get install -y chromium)")
+    import importlib.util
+
+    if importlib.util.find_spec("playwright") is None:
+        return _not_run("playwright is not installed (uv sync --dev)")
+
+    s = ensure_data(SMALL, materialized=True, trained=True)
+    from bootstrap.users import add_user
+
+    password = secrets.token_urlsafe(12)
+    try:
+        add_user(s, BENCH_USER, "officer", password)
+    except Exception as exc:  # an older user of that name: replace it
+        import psycopg
+
+        with psycopg.connect(**s.pg_kwargs(), autocommit=True) as conn:
+            conn.execute("DELETE FROM loan_desk_users WHERE name = %s", [BENCH_USER])
+        try:
+            add_user(s, BENCH_USER, "officer", password)
+        except Exception:
+            return _not_run(f"could not create the bench user: {exc}")
+
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    cmd = [sys.executable, "-m", "bootstrap.cli", "serve", "--port", str(port)]
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=dict(os.environ), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        while not _healthy(url):
+            if proc.poll() is not None:
+                return _not_run(f"the app exited: {proc.stderr.read().decode()[-500:]}")
+            if time.perf_counter() - t0 > 120:
+                return _not_run("the app did not answer its health endpoint within 120 s")
+            time.sleep(0.05)
+        cold_s = time.perf_counter() - t0
+        say(f"app: healthy after {cold_s:.2f} s")
+        try:
+            samples, first_page_s = _ui(url, password, rounds)
+        except Exception as exc:
+            figures = {"app_run": False, "app_cold_start_s": cold_s, "app_not_run_reason": f"UI: {exc}"[:500]}
+            record("app", figures, [("cold start s", cold_s), ("UI", f"failed: {exc}"[:200])], "App")
+            return figures
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    p = percentiles(samples)
+    figures = {
+        "app_run": True,
+        "app_cold_start_s": cold_s,
+        "app_first_page_s": first_page_s,
+        "ui_decision_p50_ms": p["p50_ms"],
+        "ui_decision_p95_ms": p["p95_ms"],
+        "ui_decision_rounds": len(samples),
+        "targets": {"ui p50 <= 300 ms": p["p50_ms"] <= 300},
+    }
+    table = [
+        ("measure", "value"),
+        ("cold start to /_stcore/health, s", cold_s),
+        ("first page rendered after login, s", first_page_s),
+        (f"submit -> decision shown, p50 ms ({len(samples)} rounds)", p["p50_ms"]),
+        ("submit -> decision shown, p95 ms", p["p95_ms"]),
+    ]
+    record("app", figures, table, "App (headless Chromium)")
+    return figures
+
+
+def _ui(url: str, password: str, rounds: int) -> tuple[list[float], float]:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=CHROMIUM,
+            headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
+        page = browser.new_page(viewport={"width": 1400, "height": 1800})
+        t0 = time.perf_counter()
+        page.goto(url)
+        page.get_by_label("User name").fill(BENCH_USER)
+        page.get_by_label("Password", exact=True).fill(password)
+        page.get_by_role("button", name="Log in").click()
+        page.get_by_role("button", name="Fill with a sample applicant").wait_for(timeout=60_000)
+        first_page_s = time.perf_counter() - t0
+        page.get_by_role("button", name="Fill with a sample applicant").click()
+        page.wait_for_timeout(500)
+        samples = []
+        for i in range(rounds + 2):  # two warm-up rounds
+            start = time.perf_counter()
+            page.get_by_role("button", name="Decide").click()
+            page.get_by_text("probability of default").first.wait_for(state="visible", timeout=30_000)
+            elapsed = time.perf_counter() - start
+            if i >= 2:
+                samples.append(elapsed)
+            # Clear the shown decision so the next round waits for a fresh one.
+            page.get_by_role("button", name="Fill with a sample applicant").click()
+            page.get_by_text("probability of default").first.wait_for(state="detached", timeout=30_000)
+        browser.close()
+    return samples, first_page_s
