@@ -71,6 +71,17 @@ def _floor(settings, store, start, end) -> int:
     return rows
 
 
+def _drop_raw(r) -> None:
+    batch = []
+    for key in r.scan_iter(match=b"raw:*", count=10_000):
+        batch.append(key)
+        if len(batch) >= 10_000:
+            r.unlink(*batch)
+            batch = []
+    if batch:
+        r.unlink(*batch)
+
+
 def main() -> int:
     engine, applicants, days = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     import redis
@@ -83,8 +94,7 @@ def main() -> int:
     r = redis.Redis.from_url(s.redis_url)
     r.delete(ONLINE_MARKER)
     clear_online(s)
-    for key in r.scan_iter(match=b"raw:*", count=10_000):
-        r.unlink(key)
+    _drop_raw(r)
     start, end = _window(store, days)
     rss0 = peak_rss_mb()
     t0 = time.perf_counter()
@@ -102,8 +112,7 @@ def main() -> int:
         raise SystemExit(f"unknown engine {engine}")
     seconds = time.perf_counter() - t0
     if engine == "floor":
-        for key in r.scan_iter(match=b"raw:*", count=10_000):
-            r.unlink(key)
+        _drop_raw(r)
     print(
         json.dumps(
             {
