@@ -64,7 +64,8 @@ def stock_store(settings):
     cfg = feature_store(settings).config
     ours = cfg.offline_store.model_dump()
     ours.pop("type", None)
-    cfg.offline_store = PostgreSQLOfflineStoreConfig(**ours)
+    cfg.offline_config = PostgreSQLOfflineStoreConfig(**ours)
+    cfg._offline_store = cfg.offline_config  # RepoConfig caches the parsed config here
     return FeatureStore(repo_path=str(FEATURE_REPO), config=cfg)
 
 
