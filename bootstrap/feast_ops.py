@@ -7,6 +7,7 @@ import sys
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 
 import psycopg
 
@@ -33,6 +34,13 @@ def apply(settings: Settings) -> str:
 
     if str(FEATURE_REPO) not in sys.path:
         sys.path.insert(0, str(FEATURE_REPO))  # feast imports the definitions as top-level modules
+    # Feast applies the objects of the imported definition modules, and registering them can
+    # leave state on those objects (materialization intervals). Import them afresh each time,
+    # so applying to another database in the same process never carries that state over.
+    for name, module in list(sys.modules.items()):
+        path = getattr(module, "__file__", None)
+        if path and Path(path).resolve().parent == FEATURE_REPO:
+            del sys.modules[name]
     config = load_repo_config(FEATURE_REPO, FEATURE_REPO / "feature_store.yaml")
     apply_total(config, FEATURE_REPO, skip_source_validation=False)
     return "registered entities, feature views and feature service in the Postgres registry"
