@@ -155,7 +155,7 @@ def cmd_all(args) -> int:
     from bootstrap.serve import serve
 
     try:
-        return serve(port=args.port, address=args.address)
+        return serve(port=args.port, address=args.address, replace_process=not started_here)
     finally:
         if started_here:  # leave nothing behind that this command started
             from bootstrap.services import stop_services
