@@ -10,7 +10,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from bootstrap import audit, explore
-from model.features import HOME_OWNERSHIP, LOAN_INTENTS
+from model.features import APPLICATION_FIELDS, HOME_OWNERSHIP, LOAN_INTENTS
 from model.inference import (
     LABELS,
     LIMITS,
@@ -22,18 +22,8 @@ from model.inference import (
 )
 from pages._ui import current_user, explain, guarded, require, settings, show_error
 
-FIELDS = (
-    "zipcode",
-    "date_of_birth",
-    "ssn_last4",
-    "person_age",
-    "person_income",
-    "person_home_ownership",
-    "person_emp_length",
-    "loan_intent",
-    "loan_amnt",
-    "loan_int_rate",
-)
+# The form: who (zipcode, date of birth, SSN digits), then the model's application fields.
+FIELDS = ("zipcode", "date_of_birth", "ssn_last4", *APPLICATION_FIELDS)
 WHAT_IF = ("loan_amnt", "loan_int_rate", "person_income", "person_emp_length", "loan_intent", "person_home_ownership")
 STATUS_MARK = {"ok": "ok", "stale": "STALE (older than TTL)", "missing": "MISSING"}
 
