@@ -34,11 +34,11 @@ def example_application() -> dict:
         "loan_int_rate",
     )
     app = dict(zip(keys, row, strict=True))
-    from datetime import UTC, datetime
+    from datetime import datetime
 
-    born = datetime.strptime(app["dob_ssn"][:8], "%Y%m%d").date()
-    today = datetime.now(UTC).date()
-    app["person_age"] = today.year - born.year - ((today.month, today.day) < (born.month, born.day))
+    from model.inference import age_on
+
+    app["person_age"] = age_on(datetime.strptime(app["dob_ssn"][:8], "%Y%m%d").date())
     app["person_emp_length"] = min(app["person_emp_length"], max(app["person_age"] - 14, 0))
     return app
 

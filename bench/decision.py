@@ -7,6 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
 from bench.common import SMALL, ensure_data, percentiles, record, say
+from model.inference import age_on
 
 THREADS = 8
 QUICK = {"calls": 400}
@@ -25,8 +26,7 @@ def applications(settings, n: int = 1000) -> list[dict]:
     today = datetime.now(UTC).date()
     out = []
     for dob_ssn, zipcode, income, own, emp, intent, amount, rate in rows:
-        born = datetime.strptime(dob_ssn[:8], "%Y%m%d").date()
-        age = today.year - born.year - ((today.month, today.day) < (born.month, born.day))
+        age = age_on(datetime.strptime(dob_ssn[:8], "%Y%m%d").date(), today)
         if not 18 <= age <= 100:
             continue
         out.append(

@@ -161,6 +161,12 @@ def _dob_ssn(raw: Mapping, errors: dict) -> str | None:
     return f"{dob:%Y%m%d}_{ssn}"
 
 
+def age_on(born: date, today: date | None = None) -> int:
+    """Whole years from ``born`` to ``today`` (default: today, UTC)."""
+    today = today or datetime.now(UTC).date()
+    return today.year - born.year - ((today.month, today.day) < (born.month, born.day))
+
+
 def parse_application(raw: Mapping | Application) -> Application:
     """Validate raw input; raises ApplicationError with one message per bad field."""
     if isinstance(raw, Application):
@@ -191,9 +197,7 @@ def parse_application(raw: Mapping | Application) -> Application:
     if age is not None and emp is not None and emp > max(age - 14, 0):
         errors["person_emp_length"] = f"{emp:g} years of employment is not possible at age {age}"
     if key and age is not None and "dob_ssn" not in errors:
-        born = datetime.strptime(key[:8], "%Y%m%d").date()
-        today = datetime.now(UTC).date()
-        real_age = today.year - born.year - ((today.month, today.day) < (born.month, born.day))
+        real_age = age_on(datetime.strptime(key[:8], "%Y%m%d").date())
         if abs(real_age - age) > 1:
             errors["person_age"] = f"does not match the date of birth ({real_age} years old today)"
     if errors:

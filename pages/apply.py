@@ -19,6 +19,7 @@ from model.inference import (
     MissingFeatures,
     ModelUnavailable,
     StoreUnavailable,
+    age_on,
 )
 from pages._ui import current_user, explain, guarded, require, settings, show_error
 
@@ -26,10 +27,6 @@ from pages._ui import current_user, explain, guarded, require, settings, show_er
 FIELDS = ("zipcode", "date_of_birth", "ssn_last4", *APPLICATION_FIELDS)
 WHAT_IF = ("loan_amnt", "loan_int_rate", "person_income", "person_emp_length", "loan_intent", "person_home_ownership")
 STATUS_MARK = {"ok": "ok", "stale": "STALE (older than TTL)", "missing": "MISSING"}
-
-
-def _age_on(born: date, today: date) -> int:
-    return today.year - born.year - ((today.month, today.day) < (born.month, born.day))
 
 
 def _fill_sample() -> None:
@@ -48,7 +45,7 @@ def _fill_sample() -> None:
             "f_zipcode": f"{row['zipcode']:05d}",
             "f_date_of_birth": born,
             "f_ssn_last4": row["dob_ssn"][-4:],
-            "f_person_age": _age_on(born, datetime.now(UTC).date()),
+            "f_person_age": age_on(born),
             "f_person_income": int(row["person_income"]),
             "f_person_home_ownership": row["person_home_ownership"],
             "f_person_emp_length": float(min(row["person_emp_length"], LIMITS["person_emp_length"][1])),
