@@ -181,6 +181,17 @@ def run_worker(module: str, *args: str, timeout: float = 3600, env: dict | None 
 
 
 def peak_rss_mb() -> float:
+    """This process's peak resident memory since it started (VmHWM).
+
+    Not getrusage's ru_maxrss: Linux carries that across exec, so a worker started by a big
+    parent would report the parent's peak as its own."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

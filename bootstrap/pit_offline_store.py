@@ -8,8 +8,9 @@ broken by the newest ``created_timestamp`` — with one ``LEFT JOIN LATERAL ... 
 LIMIT 1`` per view, which the (entity, event_timestamp DESC, created_timestamp DESC) index
 answers with one index probe per row.  Results stream out with COPY and are parsed by Arrow.
 
-Nothing global is changed: the only setting it touches is ``TimeZone = UTC``, with SET LOCAL
-inside the query's own transaction.  Requests it does not cover (on-demand views, the
+Nothing global is changed: the only settings it touches are ``TimeZone = UTC`` and ``jit = off``
+(compiling an index-probe query costs more than it saves), with SET LOCAL inside the query's
+own transaction.  Requests it does not cover (on-demand views, the
 non-entity date-range mode) go to Feast's own implementation unchanged.
 """
 
@@ -91,6 +92,8 @@ class LateralRetrievalJob(PostgreSQLRetrievalJob):
     def _to_arrow_internal(self, timeout: int | None = None) -> pa.Table:
         with _get_conn(self.config.offline_store) as conn, conn.transaction(), conn.cursor() as cur:
             cur.execute("SET LOCAL TimeZone = 'UTC'")
+            # JIT compiling this index-probe query costs more than it saves (~0.15-0.3 s at 30k rows).
+            cur.execute("SET LOCAL jit = off")
             if self._entity_frame is not None:
                 _copy_entity_frame(cur, self._entity_frame, self._temp_table)
             cur.execute(sql.SQL("SELECT * FROM ({}) AS q LIMIT 0").format(self._composed))
