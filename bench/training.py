@@ -5,6 +5,9 @@
 * floor: the same join written by hand in SQL, COPY'd out and parsed by Arrow, no Feast;
 * Feast's stock PostgreSQLOfflineStore: minutes at 30k on this machine, so it runs on the
   first STOCK_SUBSET loans with a statement timeout, next to ours on the same subset.
+
+Ours and the floor run in alternating rounds (3 at the small size, 2 at the big one); each
+figure is its best round.
 """
 
 from __future__ import annotations
@@ -91,9 +94,15 @@ def run(stock_subset: int = STOCK_SUBSET) -> dict:
         s = ensure_data(n)
         store = feature_store(s)
         training_frame(store, ENTITY_SQL + " LIMIT 100")  # warm the registry and connections
-        say(f"training: point-in-time join for {n:,} loans ...")
-        df, ours_s = _timed(lambda store=store: training_frame(store))
-        floor_df, floor_s = _timed(lambda s=s: floor_frame(s, ENTITY_SQL))
+        # Alternating rounds, best of each: neither side gets the other's warm cache for free.
+        rounds = 3 if n == SMALL else 2
+        say(f"training: point-in-time join for {n:,} loans, {rounds} alternating rounds ...")
+        ours_s = floor_s = float("inf")
+        for _ in range(rounds):
+            df, sec = _timed(lambda store=store: training_frame(store))
+            ours_s = min(ours_s, sec)
+            floor_df, sec = _timed(lambda s=s: floor_frame(s, ENTITY_SQL))
+            floor_s = min(floor_s, sec)
         assert len(df) == len(floor_df) == n, (len(df), len(floor_df), n)
         a = df.sort_values("loan_id")["credit_card_due"].fillna(-1).to_numpy()
         b = floor_df.sort_values("loan_id")["credit_card_due"].fillna(-1).to_numpy()
