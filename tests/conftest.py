@@ -78,6 +78,11 @@ def run_cli(*args: str, env: dict | None = None, cwd: Path | None = None, input:
     full_env = {**os.environ, **(env or {})}
     exe = Path(sys.executable).parent / args[0]
     return subprocess.run(
-        [str(exe), *args[1:]], cwd=cwd or ROOT, env=full_env, capture_output=True, text=True,
-        timeout=timeout, input=input,
+        [str(exe), *args[1:]],
+        cwd=cwd or ROOT,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        input=input,
     )

@@ -34,9 +34,15 @@ def app(backbone, settings):
     with psycopg.connect(**settings.pg_kwargs()) as conn:
         key, zipcode = conn.execute("SELECT dob_ssn, zipcode FROM loans ORDER BY loan_id LIMIT 1").fetchone()
     return {
-        "dob_ssn": key, "zipcode": zipcode, "person_age": _age(key), "person_income": 52000,
-        "person_home_ownership": "RENT", "person_emp_length": 3, "loan_intent": "MEDICAL",
-        "loan_amnt": 9000, "loan_int_rate": 12.5,
+        "dob_ssn": key,
+        "zipcode": zipcode,
+        "person_age": _age(key),
+        "person_income": 52000,
+        "person_home_ownership": "RENT",
+        "person_emp_length": 3,
+        "loan_intent": "MEDICAL",
+        "loan_amnt": 9000,
+        "loan_int_rate": 12.5,
     }
 
 

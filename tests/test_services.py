@@ -42,8 +42,7 @@ PY
 {bin_dir}/loan-desk services --stop
 {bin_dir}/loan-desk services --stop
 """
-    out = subprocess.run(["unshare", "-n", "bash", "-c", script], capture_output=True, text=True, timeout=180,
-                         cwd=ROOT)
+    out = subprocess.run(["unshare", "-n", "bash", "-c", script], capture_output=True, text=True, timeout=180, cwd=ROOT)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "Postgres  postgresql://postgres@127.0.0.1:5432/loan_desk  [embedded (started)]" in out.stdout
     assert "[embedded (started)]" in out.stdout.splitlines()[1]
