@@ -10,8 +10,9 @@ Login click and dropped the page of a freshly typed URL.  Instead the signed-in 
 st.session_state, and a signed session cookie (HS256, the per-install key) is written with a
 one-off script after login and read back from the request headers (st.context.cookies) when a
 new browser session starts.  Before sign-in every page is registered (hidden) so the URL's page
-stays selected; after sign-in st.navigation lists only the pages of the user's role, so other
-pages cannot be reached by URL.
+stays selected; after sign-in st.navigation lists only the pages of the user's role; the others
+stay registered but hidden, and each page checks the role itself (pages/_ui.require), so their
+URL shows a refusal that says why.
 """
 
 from __future__ import annotations
@@ -40,15 +41,21 @@ PAGES = {  # url path: (file, title, icon, roles)
 
 @st.cache_resource
 def _page_objects() -> dict:
+    """Each page twice: listed in the menu, and hidden (reachable by URL, not listed)."""
     return {
-        key: st.Page(path, title=title, icon=icon, url_path=key, default=(key == "apply"))
+        (key, visibility): st.Page(
+            path, title=title, icon=icon, url_path=key, default=(key == "apply"), visibility=visibility
+        )
         for key, (path, title, icon, _) in PAGES.items()
+        for visibility in ("visible", "hidden")
     }
 
 
-def _pages_for(role: str) -> list:
+def _pages_for(role: str | None) -> list:
+    """The menu of a role: its own pages listed; the others hidden, so that their URL opens the
+    page's own refusal (it checks the role) instead of Streamlit's "Page not found"."""
     pages = _page_objects()
-    return [pages[k] for k, (_, _, _, roles) in PAGES.items() if role in roles]
+    return [pages[k, "visible" if role in roles else "hidden"] for k, (_, _, _, roles) in PAGES.items()]
 
 
 # --- session cookie -----------------------------------------------------------------------------
@@ -189,7 +196,7 @@ def main() -> None:
     user, role = st.session_state.get("ld_user"), st.session_state.get("ld_role")
     if not user:
         # Every page registered but hidden: the URL's page stays selected through sign-in.
-        requested = st.navigation(list(_page_objects().values()), position="hidden")
+        requested = st.navigation([p for (_, vis), p in _page_objects().items() if vis == "visible"], position="hidden")
         if problem := _startup_problem():
             st.error(problem, icon=":material/error:")
             return

@@ -41,7 +41,11 @@ def require(*roles: str) -> tuple[str, str]:
         st.warning("Please sign in first.", icon=":material/lock:")
         st.stop()
     if roles and role not in roles:
-        st.error("Your role may not open this page.", icon=":material/block:")
+        st.error(
+            f"Your role may not open this page: it is for the role {' or '.join(roles)}, "
+            f"and you are signed in as {name} ({role}). The menu on the left lists your pages.",
+            icon=":material/block:",
+        )
         st.stop()
     return name, role
 

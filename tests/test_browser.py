@@ -186,7 +186,10 @@ def test_officer_cannot_open_materialize_by_url(app_url, page):
     assert "Materialize" not in nav.inner_text()
     page.wait_for_function("document.cookie.includes('loan_desk_session=')", timeout=10_000)
     page.goto(f"{app_url}/materialize")  # a new browser session: signed in again from the cookie
-    _expect_text(page, "New application")
+    _expect_text(page, "Your role may not open this page")
+    assert "Page not found" not in page.inner_text("body")
+    assert "Materialize" not in page.locator('[data-testid="stSidebarNav"]').inner_text()
+    _shot(page, "officer_on_materialize")
     assert page.get_by_text("Online store freshness").count() == 0
     assert page.get_by_role("button", name="Materialize up to now").count() == 0
     _no_traceback(page)
