@@ -172,16 +172,15 @@ def _startup_problem() -> str | None:
 
 @st.cache_resource
 def _warm_up() -> None:
-    """Load the model and connect the online store in the background, so the first decision is quick."""
+    """Load the model and connect the online store in the background, once per server, from the
+    first page view on (the sign-in page included), so the first decision is quick."""
     import threading
 
     def work() -> None:
         try:
             from model.inference import DecisionService
 
-            svc = DecisionService.shared()
-            svc.model()
-            svc.reader()
+            DecisionService.shared().warm()
         except Exception:  # the apply page reports problems when it is used
             pass
 
@@ -192,6 +191,7 @@ def main() -> None:
     from bootstrap.config import export_feast_env
 
     export_feast_env(settings())
+    _warm_up()  # while the officer signs in
     _restore_from_cookie()
     user, role = st.session_state.get("ld_user"), st.session_state.get("ld_role")
     if not user:
@@ -202,7 +202,6 @@ def main() -> None:
             return
         _login_page(requested)
         return
-    _warm_up()
     page = st.navigation(_pages_for(role))
     if token := st.session_state.pop("ld_set_cookie", None):
         st.html(_cookie_script(token), unsafe_allow_javascript=True)

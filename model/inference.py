@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
+import numpy as np
 import xgboost as xgb
 
 from model import features as F
@@ -318,6 +319,16 @@ class DecisionService:
                 if self._reader is None:
                     self._reader = OnlineReader(self.store)
         return self._reader
+
+    def warm(self) -> None:
+        """Pay the one-time costs before the first application: load the model, open the online
+        store's connection (one read of a key that does not exist) and run XGBoost's
+        prediction and contribution passes once on a zero row."""
+        booster, _ = self.model()
+        self.reader().read("00000000_0000", 0)
+        x = np.zeros((1, len(F.FEATURES)), dtype=np.float32)
+        booster.inplace_predict(x)
+        booster.predict(xgb.DMatrix(x, feature_names=_FEATURE_NAMES, nthread=1), pred_contribs=True)
 
     # -- deciding ---------------------------------------------------------------------------
     def decide(self, raw: Mapping | Application) -> Decision:
