@@ -181,7 +181,13 @@ def _waterfall(decision) -> go.Figure:
         )
     )
     cut = math.log(decision.threshold / (1 - decision.threshold))
-    fig.add_vline(x=cut, line_dash="dot", line_color="#555", annotation_text="threshold")
+    fig.add_vline(
+        x=cut,
+        line_dash="dot",
+        line_color="#555",
+        annotation_text=f"threshold {decision.threshold:.1%}",
+        annotation_position="top",  # above the bars, never over one
+    )
     fig.update_layout(
         title=f"Why: log-odds of default, from the baseline {decision.base_value:+.2f}",
         yaxis={"autorange": "reversed"},
@@ -250,9 +256,13 @@ def _what_if(decision) -> None:
         value = st.selectbox("New value", LOAN_INTENTS, index=LOAN_INTENTS.index(current), key="wi_intent")
     elif field == "person_home_ownership":
         value = st.selectbox("New value", HOME_OWNERSHIP, index=HOME_OWNERSHIP.index(current), key="wi_own")
+    elif field in ("loan_amnt", "person_income"):  # whole dollars
+        lo, hi = LIMITS[field]
+        step = {"loan_amnt": 500, "person_income": 1000}[field]
+        value = st.slider("New value", int(lo), int(hi), int(round(current)), step=step, key=f"wi_{field}")
     else:
         lo, hi = LIMITS[field]
-        step = {"loan_amnt": 500.0, "person_income": 1000.0, "loan_int_rate": 0.1, "person_emp_length": 0.5}[field]
+        step = {"loan_int_rate": 0.1, "person_emp_length": 0.5}[field]
         value = st.slider("New value", float(lo), float(hi), float(current), step=step, key=f"wi_{field}")
     try:
         other = DecisionService.shared().decide({**app, field: value})
@@ -260,10 +270,9 @@ def _what_if(decision) -> None:
         st.info(f"No what-if result: {explain(exc)}", icon=":material/info:")
         return
     delta = other.probability - decision.probability
+    shown = value if isinstance(value, str) else f"{value:,}"
     st.metric(
-        f"Probability of default with {LABELS.get(field, field)} = {value:,}"
-        if not isinstance(value, str)
-        else f"Probability of default with {LABELS.get(field, field)} = {value}",
+        f"Probability of default with {LABELS.get(field, field)} = {shown}",
         f"{other.probability:.1%}",
         delta=f"{delta:+.1%}",
         delta_color="inverse",

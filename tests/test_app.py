@@ -134,6 +134,30 @@ def test_apply_reports_an_unreachable_online_store_then_recovers(backbone, pg, m
     assert n == before + 1  # the failed attempt wrote nothing, the retry one row
 
 
+def test_what_if_recomputes_without_recording(backbone, pg):
+    from bootstrap.audit import DECISIONS_DDL
+    from model.inference import DecisionService
+
+    pg.execute(DECISIONS_DDL)
+    at = _app("pages/apply.py", "t_officer3", "officer").run()
+    next(b for b in at.button if b.label == "Fill with a sample applicant").click().run()
+    next(b for b in at.button if b.label == "Decide").click().run()
+    assert not at.exception
+    decided = at.session_state["ld_last_decision"][1]
+    count = pg.execute("SELECT count(*) FROM loan_desk_decisions WHERE username = 't_officer3'").fetchone()[0]
+    at.selectbox(key="wi_field").set_value("person_income").run()
+    at.slider(key="wi_person_income").set_value(250_000).run()
+    assert not at.exception
+    metric = next(m for m in at.metric if "with Yearly income" in m.label)
+    assert metric.label.endswith("= 250,000")
+    expected = DecisionService(settings=backbone["settings"]).decide(
+        {**decided.application.as_dict(), "person_income": 250_000}
+    )
+    assert metric.value == f"{expected.probability:.1%}"
+    after = pg.execute("SELECT count(*) FROM loan_desk_decisions WHERE username = 't_officer3'").fetchone()[0]
+    assert after == count  # a what-if is not a decision
+
+
 def test_apply_shows_field_messages(backbone):
     at = _app("pages/apply.py", "t_officer2", "officer").run()
     next(b for b in at.button if b.label == "Decide").click().run()
