@@ -1,0 +1,127 @@
+"""Take the README's screenshots (docs/*.png) of the running app, in headless Chromium.
+
+    uv run loan-desk --no-serve          # data, features, model (once)
+    uv run python docs/screenshots.py    # serves the app, signs in, captures each page
+
+It uses the same settings as `loan-desk` (PG*, REDIS_URL, LOAN_DESK_HOME), adds a temporary
+admin user for the run and removes it afterwards.  The decision it makes is recorded in the
+audit table like any other (user `docs_screens`).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+OUT = ROOT / "docs"
+CHROMIUM = os.environ.get("LOAN_DESK_CHROMIUM", "/usr/bin/chromium")
+USER = "docs_screens"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 120) -> None:
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if proc.poll() is not None:
+            raise SystemExit("the app exited before it answered; run `uv run loan-desk --no-serve` first")
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=1):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise SystemExit(f"the app did not answer on {url} within {timeout:.0f} s")
+
+
+def _shot(page, name: str, height: int) -> None:
+    # Streamlit scrolls inside its own container: a viewport as tall as the page shows all of it.
+    page.set_viewport_size({"width": 1400, "height": height})
+    page.wait_for_timeout(1500)  # charts re-layout and finish their transitions
+    page.screenshot(path=str(OUT / f"{name}.png"))
+    page.set_viewport_size({"width": 1400, "height": 1000})
+    print(f"wrote docs/{name}.png", file=sys.stderr)
+
+
+def capture(url: str, password: str) -> None:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.set_default_timeout(60_000)
+        page.goto(url)
+        page.get_by_label("User name").wait_for()
+        _shot(page, "login", 800)
+        page.get_by_label("User name").fill(USER)
+        page.get_by_label("Password", exact=True).fill(password)
+        page.get_by_role("button", name="Log in").click()
+
+        page.get_by_role("button", name="Fill with a sample applicant").click()
+        page.wait_for_function(
+            "[...document.querySelectorAll('input')].some(i => i.getAttribute('aria-label') === 'Zipcode' && i.value)"
+        )
+        page.get_by_role("button", name="Decide").click()
+        page.locator('[data-testid="stPlotlyChart"] .waterfalllayer .point').first.wait_for()
+        page.get_by_text("Your recent decisions").wait_for()
+        _shot(page, "apply", 2600)
+
+        page.get_by_role("link", name="Explore features").click()
+        page.get_by_text("Snapshot rows").first.wait_for()
+        page.get_by_role("tab", name="Histograms").click()
+        page.wait_for_function("document.querySelectorAll('[data-testid=\"stPlotlyChart\"] .main-svg').length >= 9")
+        _shot(page, "explore", 1900)
+
+        page.get_by_role("link", name="Materialize").click()
+        page.get_by_text("Online store freshness").first.wait_for()
+        _shot(page, "materialize", 1900)
+
+        page.get_by_role("link", name="Model card").click()
+        page.get_by_text("Feature importance").first.wait_for()
+        _shot(page, "model_card", 1900)
+        browser.close()
+
+
+def main() -> int:
+    import psycopg
+
+    from bootstrap.config import Settings, export_feast_env
+    from bootstrap.users import add_user
+
+    s = Settings.from_env()
+    export_feast_env(s)
+    password = secrets.token_urlsafe(16)
+    with psycopg.connect(**s.pg_kwargs(), autocommit=True) as conn:
+        conn.execute("DELETE FROM loan_desk_users WHERE name = %s", [USER])
+    add_user(s, USER, "admin", password)
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    exe = Path(sys.executable).parent / "loan-desk"
+    proc = subprocess.Popen([str(exe), "serve", "--port", str(port)], cwd=ROOT, stderr=subprocess.DEVNULL)
+    try:
+        _wait_healthy(url, proc)
+        capture(url, password)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+        with psycopg.connect(**s.pg_kwargs(), autocommit=True) as conn:
+            conn.execute("DELETE FROM loan_desk_users WHERE name = %s", [USER])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
