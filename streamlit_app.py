@@ -191,7 +191,6 @@ def main() -> None:
     from bootstrap.config import export_feast_env
 
     export_feast_env(settings())
-    _warm_up()  # while the officer signs in
     _restore_from_cookie()
     user, role = st.session_state.get("ld_user"), st.session_state.get("ld_role")
     if not user:
@@ -201,6 +200,7 @@ def main() -> None:
             st.error(problem, icon=":material/error:")
             return
         _login_page(requested)
+        _warm_up()  # after the sign-in form is out: it warms up while the officer types
         return
     page = st.navigation(_pages_for(role))
     if token := st.session_state.pop("ld_set_cookie", None):
@@ -208,7 +208,10 @@ def main() -> None:
     with st.sidebar:
         st.markdown(f":material/person: **{user}** · {role}")
         st.button("Log out", on_click=_logout, icon=":material/logout:", key="ld_logout")
-    page.run()
+    try:
+        page.run()
+    finally:
+        _warm_up()  # (once per server) after the page, so it does not slow the page down
 
 
 main()
