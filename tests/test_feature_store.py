@@ -137,3 +137,16 @@ def test_training_metadata(backbone):
     assert w["train_end"] <= w["test_start"]  # temporal holdout
     assert set(meta["versions"]) >= {"feast", "xgboost-cpu"}
     assert meta["model_version"] and 0 < meta["threshold"] < 1
+
+
+def test_full_materialize_leaves_other_keys_of_the_redis_db_alone(backbone, redis_client):
+    from bootstrap.feast_ops import materialize
+
+    redis_client.set(b"another-app:setting", b"keep me")
+    try:
+        res = materialize(backbone["settings"], requested_by="tests", full=True)
+        assert redis_client.get(b"another-app:setting") == b"keep me"
+        assert res.rows == redis_client.dbsize() - 1  # the run counts this project's entities only
+        assert res.rows > 0
+    finally:
+        redis_client.delete(b"another-app:setting")
