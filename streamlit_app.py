@@ -170,7 +170,7 @@ def _startup_problem() -> str | None:
     return None
 
 
-@st.cache_resource
+@st.cache_resource(show_spinner=False)
 def _warm_up() -> None:
     """Load the model and connect the online store in the background, once per server, from the
     first page view on (the sign-in page included), so the first decision is quick."""
