@@ -11,20 +11,15 @@ run, with the reason.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import secrets
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
-from bench.common import ROOT, SMALL, ensure_data, percentiles, record, say
+from bench.common import ROOT, SMALL, ensure_data, free_port, percentiles, record, say, start_app, stop_app
 
 ROUNDS = int(os.environ.get("LOAN_DESK_BENCH_UI_ROUNDS", "20"))
 CHROMIUM = os.environ.get("LOAN_DESK_CHROMIUM", "/usr/bin/chromium")
@@ -35,51 +30,11 @@ COLD_DB = os.environ.get("LOAN_DESK_BENCH_COLD_DB", "loan_desk_bench_cold")
 COLD_REDIS = os.environ.get("LOAN_DESK_BENCH_COLD_REDIS_URL", "redis://127.0.0.1:6379/14")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/_stcore/health", timeout=1) as r:
-            return r.status == 200
-    except OSError:
-        return False
-
-
 def _not_run(reason: str) -> dict:
     say(f"app: not run: {reason}")
     figures = {"app_run": False, "app_not_run_reason": reason}
     record("app", figures, [("app benchmark", "not run"), ("reason", reason)], "App")
     return figures
-
-
-def _time_to_healthy(cmd: list[str], env: dict, timeout: float) -> float:
-    """Start ``cmd`` (in its own process group), wait for /_stcore/health, stop it; seconds to healthy."""
-    port = int(cmd[cmd.index("--port") + 1])
-    url = f"http://127.0.0.1:{port}"
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(
-        cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
-    )
-    try:
-        while not _healthy(url):
-            if proc.poll() is not None:
-                raise RuntimeError(f"{' '.join(cmd[:3])} exited: {proc.stderr.read().decode()[-800:]}")
-            if time.perf_counter() - t0 > timeout:
-                raise RuntimeError(f"no answer on {url}/_stcore/health within {timeout:.0f} s")
-            time.sleep(0.05)
-        return time.perf_counter() - t0
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=20)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 def measure_fresh_start() -> dict:
@@ -90,10 +45,17 @@ def measure_fresh_start() -> dict:
 
     from bootstrap.config import Settings
 
-    base = Settings.from_env()
-    with psycopg.connect(**{**base.pg_kwargs(), "dbname": "postgres"}, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(COLD_DB)))
-    redis.Redis.from_url(COLD_REDIS).flushdb()
+    def empty() -> None:
+        with psycopg.connect(**Settings.from_env().pg_kwargs("postgres"), autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(COLD_DB)))
+        redis.Redis.from_url(COLD_REDIS).flushdb()
+
+    def seconds_to_healthy(cmd: list[str], env: dict, timeout: float) -> float:
+        proc, seconds = start_app([*cmd, "--port", str(free_port())], env, timeout)
+        stop_app(proc)
+        return seconds
+
+    empty()
     uv = shutil.which("uv")
     cmd = [uv, "run", "loan-desk"] if uv else [str(Path(sys.executable).with_name("loan-desk"))]
     out = {"fresh_start_command": " ".join(["uv run loan-desk"] if uv else cmd)}
@@ -102,12 +64,10 @@ def measure_fresh_start() -> dict:
         env.pop("LOAN_DESK_FEAST_REDIS", None)
         env.pop("LOAN_DESK_REGISTRY_URL", None)
         say(f"app: {out['fresh_start_command']} on fresh data (database {COLD_DB}) ...")
-        out["fresh_start_s"] = _time_to_healthy([*cmd, "--port", str(_free_port())], env, timeout=900)
+        out["fresh_start_s"] = seconds_to_healthy(cmd, env, timeout=900)
         say(f"app: fresh start healthy after {out['fresh_start_s']:.1f} s; once more on that data ...")
-        out["restart_s"] = _time_to_healthy([*cmd, "--port", str(_free_port())], env, timeout=300)
-    with psycopg.connect(**{**base.pg_kwargs(), "dbname": "postgres"}, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(COLD_DB)))
-    redis.Redis.from_url(COLD_REDIS).flushdb()
+        out["restart_s"] = seconds_to_healthy(cmd, env, timeout=300)
+    empty()
     return out
 
 
@@ -144,19 +104,13 @@ def run(rounds: int = ROUNDS, fresh_start: bool = True) -> dict:
         except Exception:
             return _not_run(f"could not create the bench user: {exc}")
 
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
-    cmd = [sys.executable, "-m", "bootstrap.cli", "serve", "--port", str(port)]
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=dict(os.environ), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        while not _healthy(url):
-            if proc.poll() is not None:
-                return _not_run(f"the app exited: {proc.stderr.read().decode()[-500:]}")
-            if time.perf_counter() - t0 > 120:
-                return _not_run("the app did not answer its health endpoint within 120 s")
-            time.sleep(0.05)
-        cold_s = time.perf_counter() - t0
+        proc, cold_s = start_app([sys.executable, "-m", "bootstrap.cli", "serve", "--port", str(port)])
+    except RuntimeError as exc:
+        return _not_run(f"the app did not start: {exc}")
+    try:
         say(f"app: healthy after {cold_s:.2f} s")
         try:
             samples, first_page_s = _ui(url, password, rounds)
@@ -165,11 +119,7 @@ def run(rounds: int = ROUNDS, fresh_start: bool = True) -> dict:
             record("app", figures, [("cold start s", cold_s), ("UI", f"failed: {exc}"[:200])], "App")
             return figures
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_app(proc)
     p = percentiles(samples)
     figures = {
         "app_run": True,

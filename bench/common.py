@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
+import signal
+import socket
 import statistics
 import subprocess
 import sys
 import time
+import urllib.request
 from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
@@ -195,3 +199,51 @@ def peak_rss_mb() -> float:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# --- the app as a server (bench app, docs/screenshots.py) -------------------------------------
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/_stcore/health", timeout=1) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+def start_app(cmd: list[str], env: dict | None = None, timeout: float = 120) -> tuple[subprocess.Popen, float]:
+    """Start ``cmd``, which serves the app on its ``--port``, in a process group of its own, and
+    wait until /_stcore/health answers: (process, seconds).  If it exits or does not answer in
+    time, it is stopped and RuntimeError says why (with the end of its stderr)."""
+    url = f"http://127.0.0.1:{cmd[cmd.index('--port') + 1]}"
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+    )
+    while not _healthy(url):
+        problem = None
+        if proc.poll() is not None:
+            problem = f"{' '.join(cmd[:3])} exited: {proc.stderr.read().decode()[-800:]}"
+        elif time.perf_counter() - t0 > timeout:
+            problem = f"no answer on {url}/_stcore/health within {timeout:.0f} s"
+        if problem:
+            stop_app(proc)
+            raise RuntimeError(problem)
+        time.sleep(0.05)
+    return proc, time.perf_counter() - t0
+
+
+def stop_app(proc: subprocess.Popen) -> None:
+    """SIGTERM to the app's process group, SIGKILL if it is still there after 20 s."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=20)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()

@@ -12,37 +12,16 @@ from __future__ import annotations
 
 import os
 import secrets
-import socket
-import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from bench.common import free_port, start_app, stop_app  # noqa: E402  (the app as a server)
+
 OUT = ROOT / "docs"
 CHROMIUM = os.environ.get("LOAN_DESK_CHROMIUM", "/usr/bin/chromium")
 USER = "docs_screens"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 120) -> None:
-    t0 = time.time()
-    while time.time() - t0 < timeout:
-        if proc.poll() is not None:
-            raise SystemExit("the app exited before it answered; run `uv run loan-desk --no-serve` first")
-        try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=1):
-                return
-        except OSError:
-            time.sleep(0.2)
-    raise SystemExit(f"the app did not answer on {url} within {timeout:.0f} s")
 
 
 def _shot(page, name: str, height: int) -> None:
@@ -105,19 +84,30 @@ def main() -> int:
     s = Settings.from_env()
     export_feast_env(s)
     password = secrets.token_urlsafe(16)
-    with psycopg.connect(**s.pg_kwargs(), autocommit=True) as conn:
-        conn.execute("DELETE FROM loan_desk_users WHERE name = %s", [USER])
-    add_user(s, USER, "admin", password)
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    exe = Path(sys.executable).parent / "loan-desk"
-    proc = subprocess.Popen([str(exe), "serve", "--port", str(port)], cwd=ROOT, stderr=subprocess.DEVNULL)
     try:
-        _wait_healthy(url, proc)
-        capture(url, password)
+        with psycopg.connect(**s.pg_kwargs(), autocommit=True) as conn:
+            conn.execute("DELETE FROM loan_desk_users WHERE name = %s", [USER])
+        add_user(s, USER, "admin", password)
+    except Exception as exc:
+        from bootstrap.errors import explain
+
+        print(
+            f"cannot add the temporary user: {explain(exc)}; run `uv run loan-desk --no-serve` first", file=sys.stderr
+        )
+        return 1
+    port = free_port()
+    exe = Path(sys.executable).parent / "loan-desk"
+    try:
+        try:
+            proc, _ = start_app([str(exe), "serve", "--port", str(port)])
+        except RuntimeError as exc:
+            print(f"the app did not start ({exc}); run `uv run loan-desk --no-serve` first", file=sys.stderr)
+            return 1
+        try:
+            capture(f"http://127.0.0.1:{port}", password)
+        finally:
+            stop_app(proc)
     finally:
-        proc.terminate()
-        proc.wait(timeout=20)
         with psycopg.connect(**s.pg_kwargs(), autocommit=True) as conn:
             conn.execute("DELETE FROM loan_desk_users WHERE name = %s", [USER])
     return 0

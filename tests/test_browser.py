@@ -8,7 +8,6 @@ copies of them).
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +15,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+
+from bench.common import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = Path("/usr/bin/chromium")
@@ -27,12 +28,6 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def app_url(backbone):
     from bootstrap.users import add_user
@@ -40,7 +35,7 @@ def app_url(backbone):
     s = backbone["settings"]
     add_user(s, *OFFICER[:1], "officer", OFFICER[1])
     add_user(s, *ADMIN[:1], "admin", ADMIN[1])
-    port = _free_port()
+    port = free_port()
     ARTIFACTS.mkdir(exist_ok=True)
     log = open(ARTIFACTS / "server.log", "w")  # noqa: SIM115 - closed in teardown
     exe = Path(sys.executable).parent / "loan-desk"
