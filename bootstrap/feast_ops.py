@@ -126,22 +126,26 @@ def project_key_suffix() -> bytes:
     return yaml.safe_load((FEATURE_REPO / "feature_store.yaml").read_text())["project"].encode()
 
 
-def online_key_count(settings: Settings) -> int:
-    """Entities of this project online: its keys only (Feast's keys end with the project name),
-    not whatever else shares the Redis db.  A SCAN: about 1 s per million keys."""
+def _project_keys(settings: Settings):
+    """(client, iterator over this project's online keys): a SCAN, about 1 s per million keys;
+    other keys sharing the Redis db are left out."""
     import redis
 
     r = redis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=2)
-    return sum(1 for _ in r.scan_iter(match=b"*" + project_key_suffix(), count=10_000))
+    return r, r.scan_iter(match=b"*" + project_key_suffix(), count=10_000)
+
+
+def online_key_count(settings: Settings) -> int:
+    """Entities of this project online."""
+    _, keys = _project_keys(settings)
+    return sum(1 for _ in keys)
 
 
 def clear_online(settings: Settings) -> int:
     """Drop every online row of this project, nothing else in the Redis db."""
-    import redis
-
-    r = redis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=2)
+    r, keys = _project_keys(settings)
     deleted, batch = 0, []
-    for key in r.scan_iter(match=b"*" + project_key_suffix(), count=10_000):
+    for key in keys:
         batch.append(key)
         if len(batch) >= 10_000:
             deleted += r.unlink(*batch)
