@@ -12,7 +12,7 @@ def example_application() -> dict:
     """The most recent loan in Postgres, as a new application (same person, same request)."""
     import psycopg
 
-    from bootstrap.config import Settings
+    from runtime.settings import Settings
 
     with psycopg.connect(**Settings.from_env().pg_kwargs()) as conn:
         row = conn.execute(
@@ -44,8 +44,8 @@ def example_application() -> dict:
 
 
 def main() -> int:
-    from bootstrap.errors import explain
     from model.inference import DecisionError, DecisionService
+    from runtime.errors import explain
 
     try:
         app = example_application()

@@ -67,7 +67,7 @@ def _fingerprint(password_hash: str) -> str:
 def _token(name: str, password_hash: str) -> str:
     import jwt
 
-    from bootstrap.users import cookie_key
+    from runtime.users import cookie_key
 
     claims = {"sub": name, "pwh": _fingerprint(password_hash), "exp": int(time.time()) + SESSION_HOURS * 3600}
     return jwt.encode(claims, cookie_key(), algorithm="HS256")
@@ -82,7 +82,7 @@ def _restore_from_cookie() -> None:
         return
     import jwt
 
-    from bootstrap.users import cookie_key, user_records
+    from runtime.users import cookie_key, user_records
 
     try:
         claims = jwt.decode(raw, cookie_key(), algorithms=["HS256"])
@@ -106,7 +106,7 @@ def _login() -> None:
     """Form callback: runs before the script, so the very run the click starts is signed in."""
     from streamlit_authenticator.controllers import AuthenticationController
 
-    from bootstrap.users import authenticator_credentials, cookie_key
+    from runtime.users import authenticator_credentials, cookie_key
 
     name = (st.session_state.get("ld_login_name") or "").strip().lower()
     password = st.session_state.get("ld_login_password") or ""
@@ -157,7 +157,7 @@ def _login_page(requested) -> None:
 
 def _startup_problem() -> str | None:
     """What to run first, when the services or the users are not there yet."""
-    from bootstrap.users import list_users
+    from runtime.users import list_users
 
     try:
         if not list_users(settings()):
@@ -188,9 +188,6 @@ def _warm_up() -> None:
 
 
 def main() -> None:
-    from bootstrap.config import export_feast_env
-
-    export_feast_env(settings())
     _restore_from_cookie()
     user, role = st.session_state.get("ld_user"), st.session_state.get("ld_role")
     if not user:

@@ -24,7 +24,7 @@ def _feast(store, start, end, tuned: bool) -> None:
     """Feast's own materialize: stock settings, or with every knob Feast offers turned on."""
     from feast import FeatureStore
 
-    from bootstrap.config import FEATURE_REPO
+    from runtime.settings import FEATURE_REPO
 
     cfg = store.config
     cfg.materialization_config.pull_latest_features = tuned
@@ -37,7 +37,7 @@ def _floor(settings, store, start, end) -> int:
     """COPY the latest rows out as text and write them with raw pipelined HSETs: no encoding at all."""
     import psycopg
 
-    from bootstrap import online_writer as W
+    from feast_ext import engine as W
 
     client = W.redis_client_for(store)
     pipe = W._RawPipe(client)
@@ -87,7 +87,7 @@ def main() -> int:
     import redis
 
     from bench.common import ONLINE_MARKER, peak_rss_mb, settings_for
-    from bootstrap.feast_ops import clear_online, feature_store
+    from feast_ext.store import clear_online, feature_store
 
     s = settings_for(applicants)
     store = feature_store(s)
@@ -99,7 +99,7 @@ def main() -> int:
     rss0 = peak_rss_mb()
     t0 = time.perf_counter()
     if engine == "fast":
-        from bootstrap import online_writer
+        from feast_ext import engine as online_writer
 
         online_writer.materialize(store, s.pg_kwargs(), start, end, dedup=False)
         rows = r.dbsize()

@@ -43,7 +43,7 @@ def measure_fresh_start() -> dict:
     import redis
     from psycopg import sql
 
-    from bootstrap.config import Settings
+    from runtime.settings import Settings
 
     def empty() -> None:
         with psycopg.connect(**Settings.from_env().pg_kwargs("postgres"), autocommit=True) as conn:
@@ -89,7 +89,7 @@ def run(rounds: int = ROUNDS, fresh_start: bool = True) -> dict:
             cold = {"fresh_start_error": f"{exc}"[:500]}
             say(f"app: fresh start failed: {exc}")
     s = ensure_data(SMALL, materialized=True, trained=True)
-    from bootstrap.users import add_user
+    from runtime.users import add_user
 
     password = secrets.token_urlsafe(12)
     try:

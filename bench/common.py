@@ -45,12 +45,11 @@ def settings_for(applicants: int):
     os.environ["LOAN_DESK_HOME"] = BENCH_HOME
     os.environ.setdefault("PGHOST", "127.0.0.1")
     Path(BENCH_HOME).mkdir(parents=True, exist_ok=True)
-    from bootstrap.config import Settings, export_feast_env
     from bootstrap.services import ensure_services
+    from runtime.settings import Settings
 
     ensure_services()
     s = Settings.from_env()
-    export_feast_env(s)
     return s
 
 
@@ -61,8 +60,9 @@ def say(msg: str) -> None:
 def ensure_data(applicants: int, materialized: bool = False, trained: bool = False):
     """Data loaded and registered (each step skipped when already done); returns the settings."""
     s = settings_for(applicants)
-    from bootstrap.feast_ops import apply, feature_store, materialization_state, materialize
     from bootstrap.load import LoadRequest, load
+    from feast_ext.materialize import materialization_state, materialize
+    from feast_ext.store import apply, feature_store
 
     changed, msg = load(s, LoadRequest(applicants=applicants, seed=SEED))
     say(msg)
@@ -73,7 +73,7 @@ def ensure_data(applicants: int, materialized: bool = False, trained: bool = Fal
     if materialized:
         import redis
 
-        from bootstrap.feast_ops import online_key_count
+        from feast_ext.store import online_key_count
 
         # The benchmark data sets share one Redis db: a marker says whose rows are in it.
         r = redis.Redis.from_url(s.redis_url)
@@ -84,8 +84,8 @@ def ensure_data(applicants: int, materialized: bool = False, trained: bool = Fal
             materialize(s, requested_by="bench", full=True, progress=lambda m: None)
             r.set(ONLINE_MARKER, s.pgdatabase)
     if trained:
-        from bootstrap.config import model_dir
         from model.train import train
+        from runtime.settings import model_dir
 
         if changed or not (model_dir() / "model.json").exists():
             say("training the model for the benchmark ...")
@@ -124,7 +124,7 @@ def versions() -> dict:
     try:
         import psycopg
 
-        from bootstrap.config import Settings
+        from runtime.settings import Settings
 
         with psycopg.connect(**Settings.from_env().pg_kwargs()) as conn:
             out["postgres"] = conn.execute("SHOW server_version").fetchone()[0]

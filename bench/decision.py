@@ -54,8 +54,8 @@ class Floor:
         from feast.protos.feast.types.EntityKey_pb2 import EntityKey
         from feast.protos.feast.types.Value_pb2 import Value
 
-        from bootstrap.config import Settings
         from model import features as F
+        from runtime.settings import Settings
 
         self.F = F
         self.Value, self.EntityKey, self._redis_key = Value, EntityKey, _redis_key

@@ -22,7 +22,7 @@ def verify_sample(settings, every: int = 0) -> int:
 
     import psycopg
 
-    from bootstrap.feast_ops import feature_store
+    from feast_ext.store import feature_store
     from model import features as F
 
     store = feature_store(settings)

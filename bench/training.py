@@ -61,8 +61,8 @@ def stock_store(settings):
     from feast import FeatureStore
     from feast.infra.offline_stores.contrib.postgres_offline_store.postgres import PostgreSQLOfflineStoreConfig
 
-    from bootstrap.config import FEATURE_REPO
-    from bootstrap.feast_ops import feature_store
+    from feast_ext.store import feature_store
+    from runtime.settings import FEATURE_REPO
 
     cfg = feature_store(settings).config
     ours = cfg.offline_store.model_dump()
@@ -85,7 +85,7 @@ def _timed(fn):
 
 
 def run(stock_subset: int = STOCK_SUBSET) -> dict:
-    from bootstrap.feast_ops import feature_store
+    from feast_ext.store import feature_store
     from model.train import ENTITY_SQL, training_frame
 
     figures: dict = {"stock_subset_loans": stock_subset, "stock_statement_timeout_s": STOCK_TIMEOUT_S}

@@ -19,7 +19,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from bootstrap.config import Settings
+from runtime.settings import Settings
 
 
 def _say(msg: str) -> None:
@@ -66,14 +66,14 @@ def cmd_load(args) -> int:
 
 
 def cmd_apply(args) -> int:
-    from bootstrap.feast_ops import apply
+    from feast_ext.store import apply
 
     _say(apply(_settings()))
     return 0
 
 
 def cmd_materialize(args) -> int:
-    from bootstrap.feast_ops import materialize
+    from feast_ext.materialize import materialize
 
     res = materialize(_settings(), requested_by=os.environ.get("USER", "cli"), full=True if args.full else None)
     window = f"{res.start:%Y-%m-%d %H:%M} .. " if res.start else "since the last run .. "
@@ -85,7 +85,7 @@ def cmd_materialize(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from bootstrap.feast_ops import feature_store
+    from feast_ext.store import feature_store
     from model.train import train
 
     meta = train(feature_store(_settings()), _settings(), out_dir=args.out)
@@ -107,19 +107,19 @@ def cmd_serve(args) -> int:
 
 
 def cmd_all(args) -> int:
-    from bootstrap.feast_ops import apply, feature_store, materialize
     from bootstrap.load import LoadRequest, load
     from bootstrap.services import describe, ensure_services
+    from feast_ext.materialize import materialize
+    from feast_ext.store import apply, feature_store
     from model.train import current_metadata, train
 
     state = ensure_services(_settings())
     s = state.settings
     _say(describe(state))
-    import psycopg
-
     from bootstrap.load import current_dataset
+    from runtime import db
 
-    with psycopg.connect(**s.pg_kwargs()) as conn:
+    with db.connect(s) as conn:
         have = current_dataset(conn)
     if have and args.applicants is None and args.seed is None:
         _say(
@@ -129,7 +129,7 @@ def cmd_all(args) -> int:
     else:
         _, msg = load(s, LoadRequest(applicants=args.applicants or 30_000, seed=42 if args.seed is None else args.seed))
         _say(msg)
-        with psycopg.connect(**s.pg_kwargs()) as conn:
+        with db.connect(s) as conn:
             have = current_dataset(conn)
     _say(apply(s))
     res = materialize(s, requested_by="loan-desk")
@@ -143,7 +143,7 @@ def cmd_all(args) -> int:
         )
     else:
         _say(f"model {meta['model_version']} is up to date")
-    from bootstrap.users import ensure_default_users
+    from runtime.users import ensure_default_users
 
     for line in ensure_default_users(s):
         _say(line)
@@ -221,16 +221,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_users_add(args) -> int:
-    from bootstrap.users import add_user, read_password
+    from runtime.migrations import migrate
+    from runtime.users import add_user, read_password
 
+    migrate(_settings())
     add_user(_settings(), args.name, args.role, read_password())
     _say(f"user {args.name!r} saved with role {args.role}")
     return 0
 
 
 def cmd_users_list(args) -> int:
-    from bootstrap.users import list_users
+    from runtime.migrations import migrate
+    from runtime.users import list_users
 
+    migrate(_settings())
     for name, role in list_users(_settings()):
         print(f"{name}\t{role}")
     return 0
@@ -248,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _fail(exc: Exception) -> int:
-    from bootstrap.errors import explain
+    from runtime.errors import explain
 
     _say(f"loan-desk: error: {explain(exc)}")
     if os.environ.get("LOAN_DESK_DEBUG"):

@@ -24,7 +24,7 @@ import pyarrow.csv as pacsv
 from psycopg import sql
 
 from bootstrap import synthetic
-from bootstrap.config import Settings
+from runtime.settings import Settings
 
 TABLES: dict[str, list[tuple[str, str]]] = {
     "zipcode_features": [
@@ -246,8 +246,12 @@ def load(settings: Settings, req: LoadRequest, force: bool = False) -> tuple[boo
         raise LoadError("--applicants must be between 1 and 5,000,000")
     if req.source == "tutorial" and req.data_dir is None:
         raise LoadError("--source tutorial needs --data-dir DIR (the folder with loan_table.parquet)")
+    from runtime import db
+    from runtime.migrations import migrate
+
+    migrate(settings)
     wanted = req.fingerprint()
-    with psycopg.connect(**settings.pg_kwargs()) as conn:
+    with db.connect(settings, job=True, autocommit=False) as conn:
         have = current_dataset(conn)
         have_key = {k: v for k, v in (have or {}).items() if k in wanted}
         if have_key == wanted and not force:

@@ -7,7 +7,7 @@ import signal
 import subprocess
 import sys
 
-from bootstrap.config import ROOT, export_feast_env
+from runtime.settings import ROOT
 
 
 def streamlit_command(port: int, address: str) -> list[str]:
@@ -28,7 +28,6 @@ def serve(port: int = 8501, address: str = "127.0.0.1", replace_process: bool = 
     """Serve until stopped. With ``replace_process`` this process becomes the server; without
     it the server runs as a child (so the caller can clean up after it, e.g. stop the
     embedded servers) and SIGTERM / Ctrl-C are passed on to it."""
-    export_feast_env()
     cmd = streamlit_command(port, address)
     print(f"serving Loan Desk on http://{address}:{port}  (Ctrl-C stops it)", file=sys.stderr, flush=True)
     os.chdir(ROOT)  # .streamlit/config.toml is read from the working directory

@@ -20,9 +20,8 @@ from pathlib import Path
 
 import psycopg
 import redis
-from psycopg import sql
 
-from bootstrap.config import Settings, any_env_set, home
+from runtime.settings import Settings, any_env_set, home
 
 
 class ServiceError(RuntimeError):
@@ -128,20 +127,13 @@ def stop_embedded_postgres() -> bool:
 
 
 def ensure_database(s: Settings) -> None:
-    """Create the configured database if missing, and the registry's schema."""
+    """Create the configured database if missing, and bring its schema up to date."""
+    from runtime.migrations import migrate
+
     try:
-        conn = psycopg.connect(**s.pg_kwargs(), autocommit=True)
+        migrate(s)
     except psycopg.OperationalError as exc:
-        if "does not exist" not in str(exc):
-            raise ServiceError(f"Postgres at {s.pg_where} refused the connection: {exc}") from None
-        try:
-            with psycopg.connect(**s.pg_kwargs("postgres"), autocommit=True) as admin:
-                admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(s.pgdatabase)))
-        except psycopg.Error as exc2:
-            raise ServiceError(f"could not create database {s.pgdatabase!r}: {exc2}") from None
-        conn = psycopg.connect(**s.pg_kwargs(), autocommit=True)
-    with conn:
-        conn.execute("CREATE SCHEMA IF NOT EXISTS feast_registry")
+        raise ServiceError(f"Postgres at {s.pg_where} refused the connection: {exc}") from None
 
 
 def ensure_postgres(s: Settings, allow_embedded: bool) -> str:

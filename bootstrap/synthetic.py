@@ -31,6 +31,8 @@ from datetime import UTC, datetime
 import numpy as np
 import pandas as pd
 
+from runtime.schema import CREDIT_FEATURES
+
 HOME_OWNERSHIP = ("RENT", "MORTGAGE", "OWN", "OTHER")
 LOAN_INTENTS = ("EDUCATION", "MEDICAL", "VENTURE", "PERSONAL", "DEBTCONSOLIDATION", "HOMEIMPROVEMENT")
 STATES = (
@@ -52,17 +54,7 @@ INTENT_EFFECT = {
 TARGET_DEFAULT_RATE = 0.22
 SNAPSHOTS = 8
 SNAPSHOT_EVERY_DAYS = 91
-CREDIT_COLUMNS = (
-    "credit_card_due",
-    "mortgage_due",
-    "student_loan_due",
-    "vehicle_loan_due",
-    "hard_pulls",
-    "missed_payments_2y",
-    "missed_payments_1y",
-    "missed_payments_6m",
-    "bankruptcies",
-)
+CREDIT_COLUMNS = CREDIT_FEATURES
 
 
 @dataclass

@@ -78,18 +78,17 @@ def capture(url: str, password: str) -> None:
 def main() -> int:
     import psycopg
 
-    from bootstrap.config import Settings, export_feast_env
-    from bootstrap.users import add_user
+    from runtime.settings import Settings
+    from runtime.users import add_user
 
     s = Settings.from_env()
-    export_feast_env(s)
     password = secrets.token_urlsafe(16)
     try:
         with psycopg.connect(**s.pg_kwargs(), autocommit=True) as conn:
             conn.execute("DELETE FROM loan_desk_users WHERE name = %s", [USER])
         add_user(s, USER, "admin", password)
     except Exception as exc:
-        from bootstrap.errors import explain
+        from runtime.errors import explain
 
         print(
             f"cannot add the temporary user: {explain(exc)}; run `uv run loan-desk --no-serve` first", file=sys.stderr

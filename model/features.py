@@ -10,24 +10,13 @@ import math
 
 import numpy as np
 
+from runtime.schema import CREDIT_FEATURES, ZIPCODE_FEATURES, ZIPCODE_TEXT  # noqa: F401
+
 HOME_OWNERSHIP = ("RENT", "MORTGAGE", "OWN", "OTHER")
 LOAN_INTENTS = ("EDUCATION", "MEDICAL", "VENTURE", "PERSONAL", "DEBTCONSOLIDATION", "HOMEIMPROVEMENT")
 OWNERSHIP_CODE = {v: i for i, v in enumerate(HOME_OWNERSHIP)}
 INTENT_CODE = {v: i for i, v in enumerate(LOAN_INTENTS)}
 
-CREDIT_FEATURES = (
-    "credit_card_due",
-    "mortgage_due",
-    "student_loan_due",
-    "vehicle_loan_due",
-    "hard_pulls",
-    "missed_payments_2y",
-    "missed_payments_1y",
-    "missed_payments_6m",
-    "bankruptcies",
-)
-ZIPCODE_FEATURES = ("tax_returns_filed", "population", "total_wages")
-ZIPCODE_TEXT = ("city", "state", "location_type")
 APPLICATION_FIELDS = (
     "person_age",
     "person_income",

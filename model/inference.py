@@ -33,15 +33,8 @@ import numpy as np
 import xgboost as xgb
 
 from model import features as F
+from runtime.schema import LIMITS
 
-# Ranges of the training data: the form and the API accept nothing outside them.
-LIMITS = {
-    "person_age": (18, 100),
-    "person_income": (4_000, 2_000_000),
-    "person_emp_length": (0, 60),
-    "loan_amnt": (500, 35_000),
-    "loan_int_rate": (5.0, 25.0),
-}
 LABELS = {
     "dob_ssn": "Applicant ID",
     "date_of_birth": "Date of birth",
@@ -257,7 +250,7 @@ class DecisionService:
     _shared_lock = threading.Lock()
 
     def __init__(self, store=None, model_dir: Path | str | None = None, settings=None):
-        from bootstrap.config import model_dir as default_model_dir
+        from runtime.settings import model_dir as default_model_dir
 
         self._store = store
         self._settings = settings
@@ -282,7 +275,7 @@ class DecisionService:
         if self._store is None:
             with self._lock:
                 if self._store is None:
-                    from bootstrap.feast_ops import feature_store
+                    from feast_ext.store import feature_store
 
                     self._store = feature_store(self._settings)
         return self._store

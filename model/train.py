@@ -22,8 +22,8 @@ import psycopg
 import xgboost as xgb
 from sklearn.metrics import accuracy_score, brier_score_loss, roc_auc_score
 
-from bootstrap.config import Settings, model_dir
 from model.features import FEATURE_SERVICE, FEATURES, frame_matrix
+from runtime.settings import Settings, model_dir
 
 ENTITY_SQL = (
     "SELECT loan_id, dob_ssn, zipcode, event_timestamp, person_age, person_income, "

@@ -7,7 +7,7 @@ from contextlib import contextmanager
 
 import streamlit as st
 
-from bootstrap.config import Settings
+from runtime.settings import Settings
 
 log = logging.getLogger("loan_desk.app")
 
@@ -56,7 +56,7 @@ def current_user() -> tuple[str, str]:
 
 
 def explain(exc: BaseException) -> str:
-    from bootstrap.errors import explain as _explain
+    from runtime.errors import explain as _explain
 
     try:
         return _explain(exc)

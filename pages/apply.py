@@ -9,7 +9,6 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from bootstrap import audit, explore
 from model.features import APPLICATION_FIELDS, HOME_OWNERSHIP, LOAN_INTENTS
 from model.inference import (
     LABELS,
@@ -22,6 +21,8 @@ from model.inference import (
     age_on,
 )
 from pages._ui import current_user, explain, guarded, require, settings, show_error
+from runtime import decisions as audit
+from runtime import explore
 
 # The form: who (zipcode, date of birth, SSN digits), then the model's application fields.
 FIELDS = ("zipcode", "date_of_birth", "ssn_last4", *APPLICATION_FIELDS)

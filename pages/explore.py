@@ -8,9 +8,9 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from bootstrap import explore as E
-from bootstrap.config import Settings
 from pages._ui import guarded, require, settings, show_error
+from runtime import explore as E
+from runtime.settings import Settings
 
 TTL = 300
 

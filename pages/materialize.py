@@ -1,6 +1,6 @@
 """Materialize (admins): how far the online store lags, run materialize-incremental, see every run.
 
-One run at a time across all sessions and processes: bootstrap.feast_ops.materialize takes a
+One run at a time across all sessions and processes: feast_ext.store.materialize takes a
 Postgres advisory lock and records each run; this page starts it on a background thread and
 follows the run's row in Postgres, so every admin (in any process) sees the same progress.
 """
@@ -13,10 +13,12 @@ from datetime import UTC, datetime
 import pandas as pd
 import streamlit as st
 
-from bootstrap import audit, explore
-from bootstrap.config import Settings
-from bootstrap.feast_ops import AlreadyRunning, feature_store, materialization_state, materialize
+from feast_ext.materialize import AlreadyRunning, materialization_state, materialize
+from feast_ext.store import feature_store
 from pages._ui import ago, current_user, explain, guarded, require, settings, show_error
+from runtime import explore
+from runtime import runs as run_log
+from runtime.settings import Settings
 
 
 class Runner:
@@ -36,7 +38,7 @@ class Runner:
         with self._lock:
             if self.busy():
                 return f"A materialization is already running (started by {self.started_by})."
-            if audit.active_run(s) is not None:
+            if run_log.active_run(s) is not None:
                 return "A materialization is already running."
             self.error, self.started_by = None, user
             self.thread = threading.Thread(target=self._run, args=(s, user), name="loan-desk-materialize", daemon=True)
@@ -78,7 +80,7 @@ def _lag(s: Settings) -> pd.DataFrame:
 
 
 def _history(s: Settings) -> None:
-    runs = audit.materialize_runs(s, limit=25)
+    runs = run_log.materialize_runs(s, limit=25)
     if not runs:
         st.caption("No runs yet.")
         return
@@ -107,7 +109,7 @@ def _history(s: Settings) -> None:
 
 def _progress(s: Settings) -> bool:
     """Show the run in progress; True while one is running."""
-    run = audit.active_run(s)
+    run = run_log.active_run(s)
     mine = runner()
     if run is None and not mine.busy():
         return False
@@ -141,14 +143,14 @@ with guarded("The online store's state is unavailable"):
     )
 
 try:
-    running_now = runner().busy() or audit.active_run(s) is not None
+    running_now = runner().busy() or run_log.active_run(s) is not None
 except Exception as exc:
     show_error(exc, "Cannot tell whether a materialization is running")
     st.stop()
 
 last_failed = False
 with guarded():
-    runs = audit.materialize_runs(s, limit=1)
+    runs = run_log.materialize_runs(s, limit=1)
     last_failed = bool(runs) and runs[0]["status"] == "failed"
 
 if st.button(

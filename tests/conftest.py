@@ -37,18 +37,18 @@ def _configure(tmp: Path) -> None:
 @pytest.fixture(scope="session")
 def settings(tmp_path_factory):
     _configure(tmp_path_factory.mktemp("loan-desk-home"))
-    from bootstrap.config import Settings, export_feast_env
+    from runtime.settings import Settings
 
     s = Settings.from_env()
-    export_feast_env(s)
     return s
 
 
 @pytest.fixture(scope="session")
 def backbone(settings):
     """Synthetic data loaded, registered, materialized and a model trained — once per session."""
-    from bootstrap.feast_ops import apply, feature_store, materialize
     from bootstrap.load import LoadRequest, load
+    from feast_ext.materialize import materialize
+    from feast_ext.store import apply, feature_store
     from model.train import train
 
     load(settings, LoadRequest(applicants=TEST_APPLICANTS, seed=7))

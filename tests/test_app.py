@@ -31,7 +31,7 @@ def _texts(at) -> str:
 
 # --- users -----------------------------------------------------------------------------------
 def test_users_are_stored_as_bcrypt_hashes(settings, pg):
-    from bootstrap.users import add_user, check_password, list_users
+    from runtime.users import add_user, check_password, list_users
 
     add_user(settings, "T_Clerk", "officer", "s3cret-pass")
     assert ("t_clerk", "officer") in list_users(settings)
@@ -41,7 +41,7 @@ def test_users_are_stored_as_bcrypt_hashes(settings, pg):
 
 
 def test_default_users_from_env_or_generated(settings, pg, monkeypatch):
-    from bootstrap.users import cookie_key_path, ensure_default_users, user_records
+    from runtime.users import cookie_key_path, ensure_default_users, user_records
 
     pg.execute("DELETE FROM loan_desk_users WHERE name IN ('admin', 'officer')")
     monkeypatch.setenv("LOAN_DESK_ADMIN_PASSWORD", "admin-from-env")
@@ -49,7 +49,7 @@ def test_default_users_from_env_or_generated(settings, pg, monkeypatch):
     lines = ensure_default_users(settings)
     assert any("LOAN_DESK_ADMIN_PASSWORD" in line for line in lines)
     generated = next(line for line in lines if "'officer'" in line).split("password: ")[1].split()[0]
-    from bootstrap.users import check_password
+    from runtime.users import check_password
 
     recs = user_records(settings)
     assert recs["admin"]["role"] == "admin" and check_password("admin-from-env", recs["admin"]["password_hash"])
@@ -72,7 +72,7 @@ def test_cli_users_add_reads_stdin_and_env(settings):
 
 # --- sign-in and navigation -----------------------------------------------------------------
 def test_login_refuses_a_wrong_password_and_accepts_the_right_one(settings):
-    from bootstrap.users import add_user
+    from runtime.users import add_user
 
     add_user(settings, "t_login", "officer", "right-password")
     at = _app("streamlit_app.py").run()
@@ -117,9 +117,6 @@ def test_apply_reports_an_unreachable_online_store_then_recovers(backbone, pg, m
             return real.decide(raw)
 
     monkeypatch.setattr(DecisionService, "shared", classmethod(lambda cls: Flaky()))
-    from bootstrap.audit import DECISIONS_DDL
-
-    pg.execute(DECISIONS_DDL)
     before = pg.execute("SELECT count(*) FROM loan_desk_decisions WHERE username = 't_officer'").fetchone()[0]
     at = _app("pages/apply.py", "t_officer", "officer").run()
     next(b for b in at.button if b.label == "Fill with a sample applicant").click().run()
@@ -135,10 +132,7 @@ def test_apply_reports_an_unreachable_online_store_then_recovers(backbone, pg, m
 
 
 def test_what_if_recomputes_without_recording(backbone, pg):
-    from bootstrap.audit import DECISIONS_DDL
     from model.inference import DecisionService
-
-    pg.execute(DECISIONS_DDL)
     at = _app("pages/apply.py", "t_officer3", "officer").run()
     next(b for b in at.button if b.label == "Fill with a sample applicant").click().run()
     next(b for b in at.button if b.label == "Decide").click().run()
@@ -168,7 +162,7 @@ def test_apply_shows_field_messages(backbone):
 
 # --- explore queries --------------------------------------------------------------------------
 def test_explore_queries_are_parameterized(backbone):
-    from bootstrap import explore as E
+    from runtime import explore as E
 
     s = backbone["settings"]
     head, stats = E.summary(s, "credit_history")
@@ -189,7 +183,7 @@ def test_explore_queries_are_parameterized(backbone):
 def test_point_in_time_respects_the_ttl(backbone):
     from datetime import timedelta
 
-    from bootstrap import explore as E
+    from runtime import explore as E
 
     s = backbone["settings"]
     key = E.example_keys(s, "credit_history", 1)[0]
@@ -202,16 +196,16 @@ def test_point_in_time_respects_the_ttl(backbone):
 
 
 def test_pages_show_postgres_down_without_traceback(backbone, monkeypatch):
-    import psycopg
+    import dataclasses
+    import socket
 
-    import bootstrap.audit
-    import bootstrap.explore
+    import pages._ui
 
-    def down(*a, **k):
-        raise psycopg.OperationalError("connection refused")
-
-    monkeypatch.setattr(bootstrap.explore, "_conn", down)
-    monkeypatch.setattr(bootstrap.audit, "_conn", down)
+    with socket.socket() as sock:  # a port where nothing listens: a real refused connection
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    down = dataclasses.replace(backbone["settings"], pgport=port)
+    monkeypatch.setattr(pages._ui, "settings", lambda: down)
     for page, role in (("pages/explore.py", "officer"), ("pages/materialize.py", "admin")):
         at = _app(page, "t_user", role).run()
         assert not at.exception, page

@@ -30,7 +30,7 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def app_url(backbone):
-    from bootstrap.users import add_user
+    from runtime.users import add_user
 
     s = backbone["settings"]
     add_user(s, *OFFICER[:1], "officer", OFFICER[1])
@@ -140,9 +140,6 @@ def test_deep_link_lands_after_first_click_login_and_explore_renders(app_url, pa
 
 
 def test_officer_decides_and_sees_it_in_recent_decisions(app_url, page, pg):
-    from bootstrap.audit import DECISIONS_DDL
-
-    pg.execute(DECISIONS_DDL)
     before = pg.execute("SELECT count(*) FROM loan_desk_decisions WHERE username = %s", [OFFICER[0]]).fetchone()[0]
     page.goto(app_url)
     _login(page, OFFICER)

@@ -7,8 +7,8 @@ from datetime import UTC, datetime
 import pandas as pd
 import pytest
 
-from bootstrap.config import FEATURE_REPO
 from model.features import CREDIT_FEATURES, ZIPCODE_FEATURES, ZIPCODE_TEXT
+from runtime.settings import FEATURE_REPO
 from tests.conftest import run_cli
 
 
@@ -30,7 +30,7 @@ def test_seed_feast_commands_work_verbatim(backbone):
 
 
 def test_online_values_equal_latest_offline_values(backbone, pg):
-    from bootstrap.feast_ops import feature_store
+    from feast_ext.store import feature_store
     from model.inference import OnlineReader
 
     store = feature_store(backbone["settings"])
@@ -73,7 +73,7 @@ def test_online_values_equal_latest_offline_values(backbone, pg):
 
 @pytest.fixture(scope="module")
 def training(backbone):
-    from bootstrap.feast_ops import feature_store
+    from feast_ext.store import feature_store
     from model.train import training_frame
 
     store = feature_store(backbone["settings"])
@@ -140,7 +140,7 @@ def test_training_metadata(backbone):
 
 
 def test_full_materialize_leaves_other_keys_of_the_redis_db_alone(backbone, redis_client):
-    from bootstrap.feast_ops import materialize
+    from feast_ext.materialize import materialize
 
     redis_client.set(b"another-app:setting", b"keep me")
     try:

@@ -176,7 +176,7 @@ class Proxy:
 
 
 def test_store_down_hung_and_back_without_restart(backbone, app):
-    from bootstrap.feast_ops import feature_store
+    from feast_ext.store import feature_store
 
     s = backbone["settings"]
     proxy = Proxy((s.redis_host, s.redis_port))

@@ -2,7 +2,7 @@
 
 The same small data set is loaded into two databases (each with its own registry) and
 materialized into two Redis dbs: one with ``FeatureStore.materialize`` (Feast's local engine
-with the repo's settings), one with ``bootstrap.online_writer``.  Every key, every hash field
+with the repo's settings), one with ``feast_ext.engine``.  Every key, every hash field
 and every TTL must be byte-identical, after a full window and after an incremental step with
 new rows, and both registries must record the same materialization intervals.  Feast's own
 ``get_online_features`` must then read every sampled value as Postgres has it.
@@ -34,9 +34,9 @@ def restore_env():
 
 
 def _setup(settings, db: str, redis_db: int):
-    from bootstrap.feast_ops import apply, feature_store
     from bootstrap.load import LoadRequest, load
     from bootstrap.services import ensure_database
+    from feast_ext.store import apply, feature_store
 
     s = dataclasses.replace(settings, pgdatabase=db, redis_db=redis_db)
     ensure_database(s)
@@ -78,7 +78,7 @@ def _assert_same(a: dict, b: dict) -> None:
 
 
 def test_writer_matches_feast_byte_for_byte(settings, restore_env):
-    from bootstrap import online_writer
+    from feast_ext import engine as online_writer
 
     end = datetime(2026, 1, 16, tzinfo=UTC)
     start = end - timedelta(days=3650)
@@ -115,7 +115,7 @@ def test_writer_matches_feast_byte_for_byte(settings, restore_env):
 
 def test_feast_reads_what_the_writer_wrote(settings, restore_env):
     """get_online_features on a sample of entities returns exactly Postgres's latest rows."""
-    from bootstrap import online_writer
+    from feast_ext import engine as online_writer
 
     end = datetime(2026, 1, 16, tzinfo=UTC)
     sb, store = _setup(settings, DB_B, REDIS_B)

@@ -31,7 +31,7 @@ export LOAN_DESK_HOME={tmp_path}
 {bin_dir}/loan-desk services
 {bin_dir}/python - <<'PY'
 import psycopg, redis
-from bootstrap.config import Settings
+from runtime.settings import Settings
 s = Settings.from_env()
 with psycopg.connect(**s.pg_kwargs()) as c:
     print("pg", c.execute("SHOW server_version").fetchone()[0].split()[0])

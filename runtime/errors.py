@@ -7,7 +7,7 @@ def explain(exc: BaseException) -> str:
     import psycopg
     import redis
 
-    from bootstrap.config import Settings
+    from runtime.settings import Settings
 
     try:
         s = Settings.from_env()

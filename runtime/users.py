@@ -15,31 +15,18 @@ import sys
 from pathlib import Path
 
 import bcrypt
-import psycopg
 
-from bootstrap.config import Settings, home
+from runtime import db
+from runtime.settings import Settings, home
 
 ROLES = ("officer", "admin")
 MIN_PASSWORD = 8
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 DEFAULT_USERS = (("admin", "admin", "LOAN_DESK_ADMIN_PASSWORD"), ("officer", "officer", "LOAN_DESK_OFFICER_PASSWORD"))
 
-USERS_DDL = """
-CREATE TABLE IF NOT EXISTS loan_desk_users (
-    name          text PRIMARY KEY,
-    role          text NOT NULL CHECK (role IN ('officer', 'admin')),
-    password_hash text NOT NULL,
-    created_at    timestamptz NOT NULL DEFAULT now(),
-    updated_at    timestamptz NOT NULL DEFAULT now()
-)"""
-
 
 class UserError(ValueError):
     """Bad user name, role or password."""
-
-
-def _conn(settings: Settings) -> psycopg.Connection:
-    return psycopg.connect(**settings.pg_kwargs(), autocommit=True)
 
 
 def hash_password(password: str) -> str:
@@ -69,8 +56,7 @@ def _validate(name: str, role: str, password: str) -> str:
 def add_user(settings: Settings, name: str, role: str, password: str) -> None:
     """Create the user, or update the role and password of an existing one."""
     name = _validate(name, role, password)
-    with _conn(settings) as conn:
-        conn.execute(USERS_DDL)
+    with db.connection(settings) as conn:
         conn.execute(
             "INSERT INTO loan_desk_users (name, role, password_hash) VALUES (%s, %s, %s) "
             "ON CONFLICT (name) DO UPDATE SET role = EXCLUDED.role, password_hash = EXCLUDED.password_hash, "
@@ -80,15 +66,13 @@ def add_user(settings: Settings, name: str, role: str, password: str) -> None:
 
 
 def list_users(settings: Settings) -> list[tuple[str, str]]:
-    with _conn(settings) as conn:
-        conn.execute(USERS_DDL)
+    with db.connection(settings) as conn:
         return [(n, r) for n, r in conn.execute("SELECT name, role FROM loan_desk_users ORDER BY name")]
 
 
 def user_records(settings: Settings) -> dict[str, dict]:
     """Every user as {name: {"role", "password_hash"}} (for the login check)."""
-    with _conn(settings) as conn:
-        conn.execute(USERS_DDL)
+    with db.connection(settings) as conn:
         rows = conn.execute("SELECT name, role, password_hash FROM loan_desk_users").fetchall()
     return {n: {"role": r, "password_hash": h} for n, r, h in rows}
 
@@ -104,8 +88,7 @@ def authenticator_credentials(settings: Settings) -> dict:
 
 
 def role_of(settings: Settings, name: str) -> str | None:
-    with _conn(settings) as conn:
-        conn.execute(USERS_DDL)
+    with db.connection(settings) as conn:
         row = conn.execute("SELECT role FROM loan_desk_users WHERE name = %s", [name]).fetchone()
     return row[0] if row else None
 
@@ -130,8 +113,7 @@ def ensure_default_users(settings: Settings) -> list[str]:
     """First start: create `admin` and `officer`; returns lines to print (a generated password once)."""
     lines = []
     cookie_key()
-    with _conn(settings) as conn:
-        conn.execute(USERS_DDL)
+    with db.connection(settings) as conn:
         existing = {n for (n,) in conn.execute("SELECT name FROM loan_desk_users")}
     for name, role, env in DEFAULT_USERS:
         if name in existing:

@@ -1,14 +1,16 @@
-"""Connection settings shared by every part of Loan Desk.
+"""Settings shared by every part of Loan Desk, read once from the environment.
 
 Postgres is configured through the standard libpq variables (PGHOST, PGPORT, PGUSER,
 PGPASSWORD, PGDATABASE, PGSSLMODE) and Valkey through REDIS_URL.  The defaults match
-docker-compose.yml.  ``feast_env`` turns these into the variables that
-feature_repo/feature_store.yaml reads, so the feast CLI sees what the app sees.
+docker-compose.yml.  Nothing here writes the environment: ``feast_env`` only returns the
+variables that feature_repo/feature_store.yaml reads, for `loan-desk env` (the feast CLI in
+another terminal) and for the Feast configuration built in process (feast_ext.store).
 """
 
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote, urlparse
@@ -46,6 +48,41 @@ def any_env_set() -> bool:
     return any(os.environ.get(v) for v in ENV_VARS)
 
 
+def _seconds(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if not raw:
+        return default
+    try:
+        value = float(raw) if raw.isascii() else float("nan")
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < 86_400:
+        raise ValueError(f"{name} must be a number of seconds between 0 and 86400, got {raw[:40]!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """Bounded waits on Postgres (seconds); LOAN_DESK_PG_*_TIMEOUT_S override them."""
+
+    connect_s: float = 3.0
+    statement_s: float = 15.0
+    lock_s: float = 3.0
+    idle_in_transaction_s: float = 30.0
+    tcp_user_s: float = 10.0
+
+    @classmethod
+    def from_env(cls) -> Timeouts:
+        d = cls()
+        return cls(
+            connect_s=_seconds("LOAN_DESK_PG_CONNECT_TIMEOUT_S", d.connect_s),
+            statement_s=_seconds("LOAN_DESK_PG_STATEMENT_TIMEOUT_S", d.statement_s),
+            lock_s=_seconds("LOAN_DESK_PG_LOCK_TIMEOUT_S", d.lock_s),
+            idle_in_transaction_s=_seconds("LOAN_DESK_PG_IDLE_TX_TIMEOUT_S", d.idle_in_transaction_s),
+            tcp_user_s=_seconds("LOAN_DESK_PG_TCP_USER_TIMEOUT_S", d.tcp_user_s),
+        )
+
+
 @dataclass(frozen=True)
 class Settings:
     pghost: str
@@ -58,6 +95,10 @@ class Settings:
     redis_port: int
     redis_db: int
     redis_password: str | None
+    # Feast project: its name ends every online key, so two projects share a Redis db safely.
+    project: str = "credit_scoring"
+    timeouts: Timeouts = Timeouts()
+    pool_size: int = 8
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -71,6 +112,9 @@ class Settings:
             port = int(env["PGPORT"])
         except ValueError as exc:
             raise ValueError(f"bad port or database number in the settings: {exc}") from None
+        project = os.environ.get("LOAN_DESK_FEAST_PROJECT") or "credit_scoring"
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_]{0,62}", project):
+            raise ValueError(f"LOAN_DESK_FEAST_PROJECT must be letters, digits and '_', got {project[:40]!r}")
         return cls(
             pghost=env["PGHOST"],
             pgport=port,
@@ -82,6 +126,8 @@ class Settings:
             redis_port=parsed.port or 6379,
             redis_db=db,
             redis_password=parsed.password,
+            project=project,
+            timeouts=Timeouts.from_env(),
         )
 
     # --- Postgres -----------------------------------------------------------------
@@ -93,7 +139,7 @@ class Settings:
             "password": self.pgpassword,
             "dbname": dbname or self.pgdatabase,
             "sslmode": self.pgsslmode,
-            "connect_timeout": 3,
+            "connect_timeout": max(1, round(self.timeouts.connect_s)),
         }
 
     @property
@@ -141,11 +187,5 @@ class Settings:
             "REDIS_URL": self.redis_url,
             "LOAN_DESK_FEAST_REDIS": self.feast_redis_connection(),
             "LOAN_DESK_REGISTRY_URL": self.registry_url(),
+            "LOAN_DESK_FEAST_PROJECT": self.project,
         }
-
-
-def export_feast_env(settings: Settings | None = None) -> dict[str, str]:
-    """Put the feature_store.yaml variables into this process's environment."""
-    env = (settings or Settings.from_env()).feast_env()
-    os.environ.update(env)
-    return env

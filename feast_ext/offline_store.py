@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import sys
 import uuid
 from collections.abc import Iterator
 from typing import Literal
@@ -36,14 +37,30 @@ from feast.infra.utils.postgres.connection_utils import _get_conn
 from feast.on_demand_feature_view import OnDemandFeatureView
 from feast.type_map import pg_type_code_to_arrow
 from psycopg import sql
+from pydantic import model_validator
 
 ENTITY_TS = "event_timestamp"
 
 
 class LoanDeskOfflineStoreConfig(PostgreSQLOfflineStoreConfig):
-    type: Literal["bootstrap.pit_offline_store.LoanDeskOfflineStore"] = (
-        "bootstrap.pit_offline_store.LoanDeskOfflineStore"
-    )
+    type: Literal["feast_ext.offline_store.LoanDeskOfflineStore"] = "feast_ext.offline_store.LoanDeskOfflineStore"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _environment_is_set(cls, values):
+        """The feast CLI in a terminal without Loan Desk's environment: say what to run, no traceback.
+
+        feature_store.yaml fills its settings from ``${VAR}`` placeholders; os.path.expandvars
+        leaves them as they are when the variables are not set.
+        """
+        if isinstance(values, dict) and any("${" in str(v) for v in values.values()):
+            print(
+                'feast: this terminal lacks Loan Desk\'s settings: run `eval "$(uv run loan-desk env)"` '
+                "first (and `uv run loan-desk` once, if nothing is set up yet)",
+                file=sys.stderr,
+            )
+            raise SystemExit(2)
+        return values
 
 
 TIMESTAMPTZ_OID = 1184

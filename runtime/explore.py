@@ -15,8 +15,9 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from bootstrap.config import Settings
-from model import features as F
+from runtime import db
+from runtime import schema as F
+from runtime.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -54,8 +55,8 @@ def _view(name: str) -> View:
         raise ValueError(f"unknown feature view {name!r}; choose one of {', '.join(VIEWS)}") from None
 
 
-def _conn(settings: Settings) -> psycopg.Connection:
-    return psycopg.connect(**settings.pg_kwargs(), autocommit=True)
+def _conn(settings: Settings):
+    return db.connection(settings)
 
 
 def _col(view: View, name: str) -> sql.Composable:
@@ -299,8 +300,6 @@ def example_keys(settings: Settings, view_name: str, limit: int = 25) -> list:
 
 def sample_application(settings: Settings) -> dict | None:
     """The latest loan within the model's ranges, as a new application (to prefill the form)."""
-    from model.inference import LIMITS
-
     with _conn(settings) as conn:
         row = (
             conn.cursor(row_factory=dict_row)
@@ -309,7 +308,7 @@ def sample_application(settings: Settings) -> dict | None:
                 "loan_amnt, loan_int_rate FROM loans WHERE person_income BETWEEN %s AND %s "
                 "AND loan_amnt BETWEEN %s AND %s AND loan_int_rate BETWEEN %s AND %s "
                 "ORDER BY event_timestamp DESC, loan_id LIMIT 1",
-                [*LIMITS["person_income"], *LIMITS["loan_amnt"], *LIMITS["loan_int_rate"]],
+                [*F.LIMITS["person_income"], *F.LIMITS["loan_amnt"], *F.LIMITS["loan_int_rate"]],
             )
             .fetchone()
         )

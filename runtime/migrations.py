@@ -1,0 +1,109 @@
+"""Versioned schema migrations for Loan Desk's own tables (and the registry's schema).
+
+``migrate`` applies the versions a database has not seen, each in its own transaction, under
+an advisory lock so that two processes never apply the same step twice.  It runs from
+`loan-desk` and from every step that needs a table (services, load, apply, materialize,
+users); requests and sign-ins never run DDL: they find the tables, or say which step to run.
+Version 1 is the schema the project had before migrations (CREATE ... IF NOT EXISTS), so
+databases made by earlier versions adopt it as they are.
+"""
+
+from __future__ import annotations
+
+from runtime import db
+from runtime.settings import Settings
+
+MIGRATIONS: list[tuple[int, str, str]] = [
+    (
+        1,
+        "registry schema, users, decisions, materialization runs, dataset",
+        """
+CREATE SCHEMA IF NOT EXISTS feast_registry;
+CREATE TABLE IF NOT EXISTS loan_desk_users (
+    name          text PRIMARY KEY,
+    role          text NOT NULL CHECK (role IN ('officer', 'admin')),
+    password_hash text NOT NULL,
+    created_at    timestamptz NOT NULL DEFAULT now(),
+    updated_at    timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE IF NOT EXISTS loan_desk_decisions (
+    id            bigserial PRIMARY KEY,
+    decided_at    timestamptz NOT NULL DEFAULT now(),
+    username      text NOT NULL,
+    inputs        jsonb NOT NULL,
+    features      jsonb NOT NULL,
+    probability   double precision NOT NULL,
+    decision      text NOT NULL,
+    threshold     double precision NOT NULL,
+    model_version text NOT NULL,
+    latency_ms    double precision
+);
+CREATE INDEX IF NOT EXISTS loan_desk_decisions_user ON loan_desk_decisions (username, decided_at DESC);
+CREATE TABLE IF NOT EXISTS loan_desk_materialize_runs (
+    id           bigserial PRIMARY KEY,
+    requested_by text        NOT NULL,
+    started_at   timestamptz NOT NULL DEFAULT now(),
+    finished_at  timestamptz,
+    mode         text,
+    window_start timestamptz,
+    window_end   timestamptz NOT NULL,
+    rows         bigint,
+    seconds      double precision,
+    status       text        NOT NULL DEFAULT 'running',
+    progress     text,
+    error        text
+);
+CREATE TABLE IF NOT EXISTS loan_desk_dataset (
+    loaded_at timestamptz NOT NULL DEFAULT now(),
+    info      jsonb       NOT NULL
+);
+""",
+    ),
+]
+LATEST = MIGRATIONS[-1][0]
+_MIGRATE_LOCK = 0x4C444D49  # "LDMI"
+
+
+class SchemaMissing(RuntimeError):
+    """The database has not been set up (or is behind this version of Loan Desk)."""
+
+
+def current_version(conn) -> int:
+    exists = conn.execute("SELECT to_regclass('public.loan_desk_schema_migrations') IS NOT NULL").fetchone()[0]
+    if not exists:
+        return 0
+    return conn.execute("SELECT coalesce(max(version), 0) FROM loan_desk_schema_migrations").fetchone()[0]
+
+
+def migrate(settings: Settings) -> list[int]:
+    """Apply every migration the database lacks; returns the versions applied (often none)."""
+    db.ensure_database(settings)
+    applied = []
+    with db.connect(settings, job=True) as conn:
+        if current_version(conn) >= LATEST:
+            return applied
+        conn.execute("SELECT pg_advisory_lock(%s)", [_MIGRATE_LOCK])
+        try:
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS loan_desk_schema_migrations ("
+                " version integer PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            have = current_version(conn)
+            for version, name, ddl in MIGRATIONS:
+                if version <= have:
+                    continue
+                with conn.transaction():
+                    conn.execute(ddl)
+                    conn.execute(
+                        "INSERT INTO loan_desk_schema_migrations (version, name) VALUES (%s, %s)", [version, name]
+                    )
+                applied.append(version)
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", [_MIGRATE_LOCK])
+    return applied
+
+
+def require(conn) -> None:
+    """Raise SchemaMissing with the step to run when the database is not migrated."""
+    if current_version(conn) < LATEST:
+        raise SchemaMissing("the database has no Loan Desk tables yet: run `uv run loan-desk` (or any step) first")
