@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shlex
 import sys
 from pathlib import Path
@@ -164,15 +165,26 @@ def cmd_all(args) -> int:
 
 
 # --- parsing --------------------------------------------------------------------------------
+def whole_number(text: str) -> int:
+    """argparse type: ASCII digits only (int() would also take '𝟘𝟙𝟚𝟛', '１２３' or '1_000')."""
+    if not re.fullmatch(r"[+-]?[0-9]{1,12}", text.strip()):
+        shown = text if len(text) <= 20 else text[:20] + "…"
+        raise argparse.ArgumentTypeError(f"must be a whole number written with the digits 0-9, got {shown!r}")
+    return int(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="loan-desk", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument(
-        "--applicants", type=int, default=None, help="synthetic applicants (default: keep the loaded data, else 30000)"
+        "--applicants",
+        type=whole_number,
+        default=None,
+        help="synthetic applicants (default: keep the loaded data, else 30000)",
     )
-    p.add_argument("--seed", type=int, default=None, help="seed of the synthetic data (default 42)")
-    p.add_argument("--port", type=int, default=8501)
+    p.add_argument("--seed", type=whole_number, default=None, help="seed of the synthetic data (default 42)")
+    p.add_argument("--port", type=whole_number, default=8501)
     p.add_argument("--address", default="127.0.0.1")
     p.add_argument("--no-serve", action="store_true", help="stop after training")
     p.set_defaults(func=cmd_all)
@@ -187,8 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("load", help="load applicant data into Postgres (COPY, idempotent)")
     sp.add_argument("--source", choices=["synthetic", "tutorial"], default="synthetic")
-    sp.add_argument("--applicants", type=int, default=30_000, help="synthetic applicants (default 30000)")
-    sp.add_argument("--seed", type=int, default=42)
+    sp.add_argument("--applicants", type=whole_number, default=30_000, help="synthetic applicants (default 30000)")
+    sp.add_argument("--seed", type=whole_number, default=42)
     sp.add_argument("--data-dir", help="folder with the tutorial's parquet files (--source tutorial)")
     sp.add_argument("--force", action="store_true", help="reload even when the same data is there")
     sp.set_defaults(func=cmd_load)
@@ -205,7 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_train)
 
     sp = sub.add_parser("serve", help="run the Streamlit app")
-    sp.add_argument("--port", type=int, default=8501)
+    sp.add_argument("--port", type=whole_number, default=8501)
     sp.add_argument("--address", default="127.0.0.1")
     sp.set_defaults(func=cmd_serve)
 

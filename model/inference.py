@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import threading
 import time
 from collections.abc import Mapping
@@ -93,15 +94,44 @@ class Application:
         return asdict(self)
 
 
+# A number typed or sent as text: ASCII digits only, an optional sign, thousands commas in
+# groups of three, an optional decimal point. Python's float() would also take "１２３",
+# "1_000", "1e5", "nan" or "inf"; none of them is an amount an officer typed.
+_NUMBER_RE = re.compile(r"[+-]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|[+-]?\.\d+", re.ASCII)
+ECHO_CHARS = 40
+
+
+def echo(value: object) -> str:
+    """Input repeated in a message: a short prefix, never the whole of a long or binary value."""
+    text = value if isinstance(value, str) else repr(value)
+    text = text.replace("\x00", "\\0")
+    return repr(text[:ECHO_CHARS] + "…") if len(text) > ECHO_CHARS else repr(text)
+
+
 def _number(raw: Mapping, key: str, errors: dict, integer: bool = False):
     value = raw.get(key)
     if value is None or (isinstance(value, str) and not value.strip()):
         errors[key] = "is required"
         return None
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        errors[key] = f"must be a number, got {echo(value)}"
+        return None
+    if isinstance(value, str):
+        text = value.strip()
+        if "\x00" in text:
+            errors[key] = "contains a NUL byte; type the number again"
+            return None
+        if not _NUMBER_RE.fullmatch(text):
+            errors[key] = f"must be a number written with the digits 0-9, got {echo(value)}"
+            return None
+        value = text.replace(",", "")
     try:
-        num = float(str(value).replace(",", "").strip()) if isinstance(value, str) else float(value)
+        num = float(value)
+    except OverflowError:
+        errors[key] = "is far too large"
+        return None
     except (TypeError, ValueError):
-        errors[key] = f"must be a number, got {value!r}"
+        errors[key] = f"must be a number, got {echo(value)}"
         return None
     if math.isnan(num) or math.isinf(num):
         errors[key] = "must be a finite number"
@@ -121,8 +151,9 @@ def _dob_ssn(raw: Mapping, errors: dict) -> str | None:
     if key:
         key = str(key).strip()
         parts = key.split("_")
-        if len(parts) != 2 or len(parts[0]) != 8 or len(parts[1]) != 4 or not (parts[0] + parts[1]).isdigit():
-            errors["dob_ssn"] = f"must look like YYYYMMDD_NNNN, got {key!r}"
+        digits = parts[0] + parts[1] if len(parts) == 2 else ""
+        if len(parts) != 2 or len(parts[0]) != 8 or len(parts[1]) != 4 or not (digits.isascii() and digits.isdigit()):
+            errors["dob_ssn"] = "must look like YYYYMMDD_NNNN (date of birth, underscore, SSN last four)"
             return None
         try:
             datetime.strptime(parts[0], "%Y%m%d")
@@ -143,13 +174,13 @@ def _dob_ssn(raw: Mapping, errors: dict) -> str | None:
         try:
             dob = datetime.strptime(str(dob).strip(), "%Y-%m-%d").date()
         except ValueError:
-            errors["date_of_birth"] = f"must be a date YYYY-MM-DD, got {dob!r}"
+            errors["date_of_birth"] = "must be a date YYYY-MM-DD"
             return None
     if not date(1900, 1, 1) <= dob <= datetime.now(UTC).date():
         errors["date_of_birth"] = "must be between 1900-01-01 and today"
         return None
     ssn = str(ssn).strip()
-    if len(ssn) != 4 or not ssn.isdigit():
+    if len(ssn) != 4 or not (ssn.isascii() and ssn.isdigit()):
         errors["ssn_last4"] = "must be exactly four digits"
         return None
     return f"{dob:%Y%m%d}_{ssn}"
@@ -165,6 +196,8 @@ def parse_application(raw: Mapping | Application) -> Application:
     """Validate raw input; raises ApplicationError with one message per bad field."""
     if isinstance(raw, Application):
         raw = raw.as_dict()
+    if not isinstance(raw, Mapping):
+        raise ApplicationError({"application": f"must be a set of named fields (a mapping), got {type(raw).__name__}"})
     errors: dict[str, str] = {}
     key = _dob_ssn(raw, errors)
     zipcode = raw.get("zipcode")
@@ -173,8 +206,8 @@ def parse_application(raw: Mapping | Application) -> Application:
         errors["zipcode"] = "is required"
     else:
         text = str(zipcode).strip()
-        if not text.isdigit() or len(text) > 5 or int(text) == 0:
-            errors["zipcode"] = f"must be a US zipcode of up to five digits, got {zipcode!r}"
+        if not (text.isascii() and text.isdigit()) or len(text) > 5 or int(text) == 0:
+            errors["zipcode"] = f"must be a US zipcode of up to five digits, got {echo(zipcode)}"
         else:
             zip_ok = int(text)
     age = _number(raw, "person_age", errors, integer=True)
