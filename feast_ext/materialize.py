@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -10,6 +11,7 @@ from datetime import UTC, datetime
 
 from feast_ext.store import clear_online, feature_store, online_key_count
 from runtime import db
+from runtime import runs as run_log
 from runtime.runs import LOCK_KEY
 from runtime.settings import Settings
 
@@ -85,6 +87,7 @@ def materialize(
         if not conn.execute("SELECT pg_try_advisory_lock(%s)", [LOCK_KEY]).fetchone()[0]:
             raise AlreadyRunning("a materialization is already running")
         try:
+            run_log.settle_earlier_runs(conn)
             run_id = conn.execute(
                 "INSERT INTO loan_desk_materialize_runs (requested_by, window_end) VALUES (%s, %s) RETURNING id",
                 [requested_by, end],
@@ -146,12 +149,18 @@ def materialize(
                     ["full" if full else "incremental", start, rows, seconds, run_id],
                 )
             except Exception as exc:
-                conn.execute(
-                    "UPDATE loan_desk_materialize_runs SET finished_at = now(), status = 'failed', "
-                    "seconds = %s, error = %s WHERE id = %s",
-                    [time.perf_counter() - t0, f"{type(exc).__name__}: {exc}"[:2000], run_id],
-                )
+                error, seconds = f"{type(exc).__name__}: {exc}"[:2000], time.perf_counter() - t0
+                try:
+                    conn.execute(
+                        "UPDATE loan_desk_materialize_runs SET finished_at = now(), status = 'failed', "
+                        "seconds = %s, error = %s WHERE id = %s",
+                        [seconds, error, run_id],
+                    )
+                except Exception:  # Postgres went away: the next run writes it
+                    run_log.remember_unrecorded(run_id, error, seconds)
                 raise
         finally:
-            conn.execute("SELECT pg_advisory_unlock(%s)", [LOCK_KEY])
+            if not conn.closed:
+                with contextlib.suppress(Exception):  # a lost connection has released the lock already
+                    conn.execute("SELECT pg_advisory_unlock(%s)", [LOCK_KEY])
     return MaterializeResult("full" if full else "incremental", start, end, seconds, rows)
