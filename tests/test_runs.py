@@ -3,6 +3,8 @@ that could not be recorded when it happened is recorded by the next run."""
 
 from __future__ import annotations
 
+import time
+
 import psycopg
 import pytest
 
@@ -26,8 +28,13 @@ def test_a_run_whose_backend_died_shows_as_interrupted_then_is_settled(backbone,
         "VALUES ('t_killed', now(), '[1/2] credit_history: 2,000 rows written') RETURNING id"
     ).fetchone()[0]
     assert next(r for r in runs.materialize_runs(s) if r["id"] == run_id)["status"] == "running"
-    pg.execute("SELECT pg_terminate_backend(%s)", [victim.info.backend_pid])
+    pid = victim.info.backend_pid
+    pg.execute("SELECT pg_terminate_backend(%s)", [pid])
     victim.close()
+    for _ in range(100):  # pg_terminate_backend only signals; wait until the backend has exited
+        if not pg.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s", [pid]).fetchone():
+            break
+        time.sleep(0.05)
 
     shown = next(r for r in runs.materialize_runs(s) if r["id"] == run_id)
     assert shown["status"] == "interrupted"
