@@ -151,6 +151,58 @@ def readers_during_reload(n: int) -> dict:
     return {"reload_s": seconds, "reads": len(waits), "longest_read_s": longest, "failed_reads": len(failures)}
 
 
+def decisions_during_train(n: int, trains: int = 2) -> dict:
+    """Decide in a loop while ``trains`` models are trained and published; rescore every answer
+    with the bundle its version names (model.bundles.check_decisions)."""
+    from model.bundles import check_decisions
+
+    from bench.decision import applications
+    from feast_ext.store import feature_store
+    from model.inference import DecisionError, DecisionService
+    from model.train import train
+
+    s = ensure_data(n, materialized=True, trained=True)
+    svc = DecisionService(settings=s)
+    apps = applications(s, SAMPLE)
+    stop = threading.Event()
+    decided: list = []
+    refused = {"n": 0}
+
+    def loop() -> None:
+        i = 0
+        while not stop.is_set():
+            try:
+                decided.append(svc.decide(apps[i % len(apps)]))
+            except DecisionError:
+                refused["n"] += 1
+            i += 1
+
+    t = threading.Thread(target=loop, name="decide-during-train")
+    t.start()
+    t0 = time.perf_counter()
+    try:
+        for _ in range(trains):
+            train(feature_store(s), s)
+    finally:
+        seconds = time.perf_counter() - t0
+        stop.set()
+        t.join()
+    problems = check_decisions(decided)
+    versions = sorted({d.model_version for d in decided})
+    say(
+        f"  {trains} trainings in {seconds:.1f} s: {len(decided):,} decisions over {len(versions)} versions, "
+        f"{len(problems)} inconsistent"
+    )
+    return {
+        "train_s": seconds,
+        "decisions": len(decided),
+        "refused": refused["n"],
+        "versions_seen": len(versions),
+        "inconsistent": len(problems),
+        "first_problems": problems[:3],
+    }
+
+
 def run(sizes: list[int] | None = None, reload: bool = True) -> dict:
     sizes = sizes or [SMALL, BIG]
     figures: dict = {}
@@ -161,6 +213,11 @@ def run(sizes: list[int] | None = None, reload: bool = True) -> dict:
         table.append(
             ("decisions during materialize --full", n, r["refresh_s"], r["decisions"], r["refused"], r["wrong"])
         )
+    r = decisions_during_train(min(sizes))
+    figures["train"] = r
+    table.append(
+        ("decisions during 2 trainings", min(sizes), r["train_s"], r["decisions"], r["refused"], r["inconsistent"])
+    )
     if reload:
         n = max(sizes)
         r = readers_during_reload(n)
@@ -171,6 +228,7 @@ def run(sizes: list[int] | None = None, reload: bool = True) -> dict:
         # The reload marks the online store as older than the data: refresh it for the next benchmarks.
         ensure_data(n, materialized=True)
     figures["targets"] = {
+        "every decision during training belongs to one bundle": figures["train"]["inconsistent"] == 0,
         "0 refused, 0 wrong during full refreshes": all(
             figures[f"refresh_{n}"]["refused"] == 0 and figures[f"refresh_{n}"]["wrong"] == 0 for n in sizes
         ),
