@@ -10,8 +10,9 @@ contributions.  It is thread-safe.
 
 Policy for missing online features: an applicant without a credit file, or a zipcode
 without statistics, is refused with ``MissingFeatures`` — Loan Desk never decides on a
-silent NaN; such an application goes to manual underwriting.  Features older than their
-view's TTL are used but flagged ``stale``.
+silent NaN; such an application goes to manual underwriting.  A view's row older than the
+view's TTL counts as no row, exactly as in the point-in-time join that built the training
+set (which leaves such a row out), and the message says so with the row's as-of date.
 
 The model comes from the current bundle (model/bundles.py): the service holds one loaded
 bundle — booster, threshold and version together — and reads the tiny ``current`` pointer on
@@ -73,8 +74,12 @@ class ApplicationError(DecisionError, ValueError):
 
 
 class MissingFeatures(DecisionError):
-    def __init__(self, missing: list[str], message: str):
+    """``missing``: the views without a usable row; ``stale``: those among them whose row is older
+    than the view's TTL, with the row's event timestamp."""
+
+    def __init__(self, missing: list[str], message: str, stale: dict[str, datetime] | None = None):
         self.missing = missing
+        self.stale = stale or {}
         super().__init__(message)
 
 
@@ -230,7 +235,7 @@ class FeatureValue:
     view: str
     value: object
     event_timestamp: datetime | None
-    status: str  # ok | stale | missing
+    status: str  # ok | missing (a value the row lacks)
 
 
 @dataclass
@@ -251,7 +256,6 @@ class Decision:
     contributions: dict[str, float]
     base_value: float
     features: list[FeatureValue]
-    stale: list[str]
     model_version: str
     latency_ms: float = 0.0
     warnings: list[str] = field(default_factory=list)
@@ -404,28 +408,47 @@ class DecisionService:
         booster.predict(xgb.DMatrix(x, feature_names=_FEATURE_NAMES, nthread=1), pred_contribs=True)
 
     # -- deciding ---------------------------------------------------------------------------
+    def _usable(self, app: Application, credit, zipcode):
+        """Drop rows older than their view's TTL, as the point-in-time join does; refuse without both rows."""
+        now = datetime.now(UTC)
+        ttl = self.reader().ttl
+        stale: dict[str, datetime] = {}
+        rows = {"credit_history": credit, "zipcode_features": zipcode}
+        for view, row in rows.items():
+            if row is not None and row[1] is not None and now - row[1] > ttl[view]:
+                stale[view] = row[1]
+                rows[view] = None
+        missing = [view for view, row in rows.items() if row is None]
+        if not missing:
+            return rows["credit_history"], rows["zipcode_features"]
+        parts = []
+        if "credit_history" in stale:
+            parts.append(
+                f"this applicant's credit file is as of {stale['credit_history']:%Y-%m-%d}, older than the "
+                f"{_days(ttl['credit_history'])} TTL of the credit history, so it counts as missing (as in training)"
+            )
+        elif "credit_history" in missing:
+            parts.append("this applicant has no credit file in the online store")
+        if "zipcode_features" in stale:
+            parts.append(
+                f"the statistics of zipcode {app.zipcode:05d} are as of {stale['zipcode_features']:%Y-%m-%d}, older "
+                f"than the {_days(ttl['zipcode_features'])} TTL of the zipcode features, so they count as missing"
+            )
+        elif "zipcode_features" in missing:
+            parts.append(f"zipcode {app.zipcode:05d} has no statistics in the online store")
+        raise MissingFeatures(
+            missing,
+            "; ".join(parts) + ". Loan Desk does not decide without them: refer the application to manual "
+            "underwriting (or materialize, if newer data was loaded).",
+            stale,
+        )
+
     def decide(self, raw: Mapping | Application) -> Decision:
         t0 = time.perf_counter()
         app = parse_application(raw)
         model = self.bundle()  # booster, threshold and version of one bundle, for this whole decision
         booster = model.booster
-        credit, zipcode = self.reader().read(app.dob_ssn, app.zipcode)
-        missing = []
-        if credit is None:
-            missing.append("credit_history")
-        if zipcode is None:
-            missing.append("zipcode_features")
-        if missing:
-            parts = []
-            if credit is None:
-                parts.append(f"applicant {app.dob_ssn} has no credit file in the online store")
-            if zipcode is None:
-                parts.append(f"zipcode {app.zipcode:05d} has no statistics in the online store")
-            raise MissingFeatures(
-                missing,
-                "; ".join(parts) + ". Loan Desk does not decide without them: refer the "
-                "application to manual underwriting (or materialize, if the data was just loaded).",
-            )
+        credit, zipcode = self._usable(app, *self.reader().read(app.dob_ssn, app.zipcode))
         c_vals, c_ts = credit
         z_vals, z_ts = zipcode
         x = F.row_vector(app.as_dict(), c_vals, z_vals)
@@ -433,19 +456,14 @@ class DecisionService:
         # nthread=1: building a one-row DMatrix with the OpenMP pool costs up to ~9 ms at p99 on a busy machine.
         contribs = booster.predict(xgb.DMatrix(x, feature_names=_FEATURE_NAMES, nthread=1), pred_contribs=True)[0]
 
-        now = datetime.now(UTC)
-        feats, stale = [], []
+        feats = []
         for view, values, ts, names in (
             ("credit_history", c_vals, c_ts, F.CREDIT_FEATURES),
             ("zipcode_features", z_vals, z_ts, (*F.ZIPCODE_TEXT, *F.ZIPCODE_FEATURES)),
         ):
-            is_stale = ts is not None and now - ts > self.reader().ttl[view]
-            if is_stale:
-                stale.append(view)
             for n in names:
                 v = values.get(n)
-                status = "missing" if v is None else ("stale" if is_stale else "ok")
-                feats.append(FeatureValue(n, view, v, ts, status))
+                feats.append(FeatureValue(n, view, v, ts, "missing" if v is None else "ok"))
         contributions = {name: float(contribs[i]) for i, name in enumerate(F.FEATURES)}
         shown = {**app.as_dict(), **c_vals, **z_vals}
         shown["loan_pct_income"] = round(float(x[0, F.INDEX["loan_pct_income"]]), 3)
@@ -453,9 +471,8 @@ class DecisionService:
         shown["avg_wage_zip"] = round(float(x[0, F.INDEX["avg_wage_zip"]]))
         top = sorted(contributions.items(), key=lambda kv: abs(kv[1]), reverse=True)[:TOP_REASONS]
         reasons = [Reason(name, shown.get(name), c, "raises risk" if c > 0 else "lowers risk") for name, c in top]
-        warnings = [f"{v} features are older than their {self.reader().ttl[v].days}-day TTL" for v in stale]
-        if (refused := self._refused) is not None:
-            warnings.append(str(refused))
+        refused = self._refused
+        warnings = [str(refused)] if refused is not None else []
         return Decision(
             application=app,
             probability=probability,
@@ -465,11 +482,14 @@ class DecisionService:
             contributions=contributions,
             base_value=float(contribs[-1]),
             features=feats,
-            stale=stale,
             model_version=model.version,
             latency_ms=(time.perf_counter() - t0) * 1000,
             warnings=warnings,
         )
+
+
+def _days(ttl: timedelta) -> str:
+    return f"{ttl.days}-day" if ttl == timedelta(days=ttl.days) else str(ttl)
 
 
 class OnlineReader:
