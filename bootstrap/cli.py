@@ -8,6 +8,7 @@ loan-desk load          put applicant data into Postgres
 loan-desk apply         feast apply
 loan-desk materialize   copy the latest features into Valkey (incremental, up to now)
 loan-desk train         train the model on a point-in-time-correct training set
+loan-desk models        list the trained model bundles, or go back to one
 loan-desk serve         run the Streamlit app
 """
 
@@ -97,7 +98,44 @@ def cmd_train(args) -> int:
         f"{m['accuracy_at_threshold']:.3f} at threshold {meta['threshold']}, Brier {m['brier']:.3f}; "
         f"{meta['seconds']:.1f} s"
     )
-    _say(f"wrote {meta['written_to']}/model.json and metadata.json")
+    _say(f"wrote {meta['written_to']} and made it the current model")
+    return 0
+
+
+def cmd_models_list(args) -> int:
+    from model.bundles import list_bundles, root_dir
+
+    found = list_bundles(args.dir)
+    if not found:
+        _say(f"no model bundles in {root_dir(args.dir)}: run `uv run loan-desk train`")
+        return 0
+    width = max(len("version"), *(len(b.version) for b in found))
+    print(f"  {'version':{width}}  {'trained at (UTC)':19}  {'test AUC':>8}  {'threshold':>9}")
+    for b in found:
+        mark = "*" if b.current else " "
+        when = (b.trained_at or "?")[:19].replace("T", " ")
+        auc = f"{b.auc:.3f}" if isinstance(b.auc, int | float) else "-"
+        thr = f"{b.threshold:g}" if b.threshold is not None else "-"
+        note = f"  ({b.problem})" if b.problem else ""
+        print(f"{mark} {b.version:{width}}  {when:19}  {auc:>8}  {thr:>9}{note}")
+    if not any(b.current for b in found):
+        _say("no bundle is current: `uv run loan-desk models use VERSION` picks one")
+    return 0
+
+
+def cmd_models_use(args) -> int:
+    from model.bundles import current_version, load_bundle, use
+
+    before = current_version(args.dir)
+    bundle = load_bundle(args.version, args.dir)  # refuses an unknown or broken bundle before switching
+    use(bundle.version, args.dir)
+    auc = (bundle.metadata.get("metrics") or {}).get("auc")
+    _say(
+        f"model {bundle.version} (threshold {bundle.threshold:g}"
+        + (f", test AUC {auc:.3f}" if isinstance(auc, int | float) else "")
+        + f") is now current{f', was {before}' if before and before != bundle.version else ''}; "
+        "running services pick it up at their next decision"
+    )
     return 0
 
 
@@ -112,7 +150,8 @@ def cmd_all(args) -> int:
     from bootstrap.services import describe, ensure_services
     from feast_ext.materialize import materialize
     from feast_ext.store import apply, feature_store
-    from model.train import current_metadata, train
+    from model.bundles import current_metadata
+    from model.train import train
 
     state = ensure_services(_settings())
     s = state.settings
@@ -215,6 +254,16 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("train", help="train the model (point-in-time training set, temporal holdout)")
     sp.add_argument("--out", type=Path, default=None, help="model folder (default .loan-desk/model)")
     sp.set_defaults(func=cmd_train)
+
+    sp = sub.add_parser("models", help="list the trained model bundles, or make an earlier one current")
+    msub = sp.add_subparsers(metavar="ACTION", required=True)
+    mp = msub.add_parser("list", help="versions, training time, test AUC and threshold; * marks the current one")
+    mp.add_argument("--dir", type=Path, default=None, help="model folder (default .loan-desk/model)")
+    mp.set_defaults(func=cmd_models_list)
+    mp = msub.add_parser("use", help="make VERSION the current model (atomic; running services switch too)")
+    mp.add_argument("version", metavar="VERSION")
+    mp.add_argument("--dir", type=Path, default=None, help="model folder (default .loan-desk/model)")
+    mp.set_defaults(func=cmd_models_use)
 
     sp = sub.add_parser("serve", help="run the Streamlit app")
     sp.add_argument("--port", type=whole_number, default=8501)

@@ -27,7 +27,7 @@ from runtime import explore
 # The form: who (zipcode, date of birth, SSN digits), then the model's application fields.
 FIELDS = ("zipcode", "date_of_birth", "ssn_last4", *APPLICATION_FIELDS)
 WHAT_IF = ("loan_amnt", "loan_int_rate", "person_income", "person_emp_length", "loan_intent", "person_home_ownership")
-STATUS_MARK = {"ok": "ok", "stale": "STALE (older than TTL)", "missing": "MISSING"}
+STATUS_MARK = {"ok": "ok", "missing": "MISSING"}
 
 
 def _fill_sample() -> None:
@@ -243,7 +243,7 @@ def _show(decision_id: int, decision) -> None:
     flagged = [f.name for f in decision.features if f.status != "ok"]
     st.markdown("**Features used** (from the online store)")
     if flagged:
-        st.warning(f"Stale or missing: {', '.join(flagged)}", icon=":material/warning:")
+        st.warning(f"Missing: {', '.join(flagged)}", icon=":material/warning:")
     st.dataframe(feats, hide_index=True, column_config={"as of": st.column_config.DatetimeColumn(format="iso8601")})
 
 
