@@ -62,8 +62,13 @@ def cmd_load(args) -> int:
         seed=args.seed,
         data_dir=Path(args.data_dir) if args.data_dir else None,
     )
-    _, msg = load(_settings(), req, force=args.force)
+    changed, msg = load(_settings(), req, force=args.force)
     _say(msg)
+    if changed:
+        _say(
+            "next: `uv run loan-desk materialize` and `uv run loan-desk train` (or `uv run loan-desk`, which runs "
+            "both); until they have run, Apply refers applications to manual underwriting instead of deciding"
+        )
     return 0
 
 

@@ -84,6 +84,24 @@ class MissingFeatures(DecisionError):
         super().__init__(message)
 
 
+class DataReloaded(MissingFeatures):
+    """The data was replaced after the online store was filled or the model trained: refer, do not decide."""
+
+    def __init__(self, state, steps: list[str]):
+        self.steps = steps
+        what = (
+            "the online features and the model are"
+            if len(steps) == 2
+            else ("the online features are" if "materialize" in steps[0] else "the model is")
+        )
+        super().__init__(
+            [],
+            f"The data was reloaded on {state.loaded_at:%Y-%m-%d %H:%M} UTC and {what} older than it: Loan Desk "
+            f"does not decide on them until {' and '.join(f'`{c}`' for c in steps)} "
+            f"{'have' if len(steps) == 2 else 'has'} run. Refer the application to manual underwriting.",
+        )
+
+
 class StoreUnavailable(DecisionError):
     pass
 
@@ -322,6 +340,9 @@ class DecisionService:
         self._bundle: Bundle | None = None  # the last good bundle: swapped as one object, never mutated
         self._refused: BundleInvalid | None = None  # what the pointer names now, if it was refused
         self._reader = None
+        self._data_state = None  # (checked at, runtime.dataset.DataState | None)
+
+    DATA_STATE_TTL_S = 5.0
 
     @classmethod
     def shared(cls) -> DecisionService:
@@ -476,10 +497,37 @@ class DecisionService:
             stale,
         )
 
+    def data_state(self):
+        """What is loaded, and when the online store was last filled (runtime.dataset.DataState),
+        read from Postgres at most every DATA_STATE_TTL_S seconds; None when it cannot be read
+        (the decision then goes on: it reads only Valkey, and recording it will say what is wrong)."""
+        cached = self._data_state
+        now = time.monotonic()
+        if cached is None or now - cached[0] > self.DATA_STATE_TTL_S:
+            from runtime.dataset import data_state
+            from runtime.settings import Settings
+
+            try:
+                state = data_state(self._settings or Settings.from_env())
+            except Exception:
+                state = cached[1] if cached else None
+            cached = self._data_state = (now, state)
+        return cached[1]
+
+    def outdated_by_reload(self, model: Bundle | None = None) -> list[str]:
+        """The steps to run before deciding again, when a load replaced the data since the online
+        store was filled or the model trained (empty: nothing outdated)."""
+        state = self.data_state()
+        if state is None:
+            return []
+        return state.what_to_run((model or self.bundle()).metadata)
+
     def decide(self, raw: Mapping | Application) -> Decision:
         t0 = time.perf_counter()
         app = parse_application(raw)
         model = self.bundle()  # booster, threshold and version of one bundle, for this whole decision
+        if steps := self.outdated_by_reload(model):
+            raise DataReloaded(self.data_state(), steps)
         booster = model.booster
         credit, zipcode = self._usable(app, *self.reader().read(app.dob_ssn, app.zipcode))
         c_vals, c_ts = credit
