@@ -28,6 +28,7 @@ LOCK_KEY = 0x4C4F414E  # "LOAN"
 
 _LOCK_HELD = (
     "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted "
+    "AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
     "AND classid::bigint = %s AND objid::bigint = %s AND objsubid = 1) AS held"
 )
 

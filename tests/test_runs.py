@@ -59,6 +59,7 @@ def test_an_error_lost_with_the_connection_is_recorded_by_the_next_run(backbone,
             state["killed"] = True
             pg.execute(
                 "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND granted "
+                "AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
                 "AND classid::bigint = %s AND objid::bigint = %s AND objsubid = 1",
                 _lock_params(),
             )
