@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 import xgboost as xgb
 
+from feast_ext.online_reader import OnlineReader
 from model import bundles
 from model import features as F
 from model.bundles import Bundle, BundleError
@@ -448,7 +449,7 @@ class DecisionService:
         if self._reader is None:
             with self._lock:
                 if self._reader is None:
-                    self._reader = OnlineReader(self.store)
+                    self._reader = OnlineReader(self.store, ("credit_history", "zipcode_features"), StoreUnavailable)
         return self._reader
 
     def warm(self) -> None:
@@ -571,80 +572,3 @@ class DecisionService:
 
 def _days(ttl: timedelta) -> str:
     return f"{ttl.days}-day" if ttl == timedelta(days=ttl.days) else str(ttl)
-
-
-class OnlineReader:
-    """Both entities' online rows in one pipelined round trip, through Feast's Redis store.
-
-    It uses the online store object Feast configured from feature_store.yaml: Feast builds the
-    keys, runs the HMGETs (with the socket timeouts from the connection string) and decodes
-    the values.  ``FeatureStore.get_online_features`` does the same plus generic request
-    handling that costs about a millisecond per call; the tests check both agree.
-    """
-
-    def __init__(self, store):
-        from feast.protos.feast.types.EntityKey_pb2 import EntityKey
-        from feast.protos.feast.types.Value_pb2 import Value
-
-        self._EntityKey, self._Value = EntityKey, Value
-        self.config = store.config
-        self.online = store._get_provider().online_store
-        views = {fv.name: fv for fv in store.list_feature_views()}
-        missing = {"credit_history", "zipcode_features"} - set(views)
-        if missing:
-            raise StoreUnavailable(
-                f"feature views {', '.join(sorted(missing))} are not registered: run `uv run loan-desk apply`"
-            )
-        self.ttl = {name: fv.ttl or timedelta(days=36500) for name, fv in views.items()}
-        self._configured = None
-        self._plan = {}
-        for view, names in (
-            ("credit_history", list(F.CREDIT_FEATURES)),
-            ("zipcode_features", [*F.ZIPCODE_TEXT, *F.ZIPCODE_FEATURES]),
-        ):
-            requested, fields = self.online._generate_hset_keys_for_features(views[view], list(names))
-            self._plan[view] = (requested, fields)
-
-    def _key(self, join_key: str, value) -> bytes:
-        v = self._Value(string_val=value) if isinstance(value, str) else self._Value(int64_val=value)
-        ek = self._EntityKey(join_keys=[join_key], entity_values=[v])
-        return self.online._generate_redis_keys_for_entities(self.config, [ek])[0]
-
-    def read(self, dob_ssn: str, zipcode: int):
-        """((credit values, ts) | None, (zipcode values, ts) | None)."""
-        import redis
-
-        keys = {"credit_history": self._key("dob_ssn", dob_ssn), "zipcode_features": self._key("zipcode", zipcode)}
-        commands = [(keys[v], self._plan[v][1]) for v in ("credit_history", "zipcode_features")]
-        self._prepare_client()
-        try:
-            replies = self.online._read_hash_fields(self.config, commands)
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
-            raise StoreUnavailable(f"the online store (Valkey) is unreachable: {exc}") from None
-        except redis.exceptions.RedisError as exc:
-            raise StoreUnavailable(f"the online store (Valkey) answered with an error: {exc}") from None
-        out = []
-        for view, values in zip(("credit_history", "zipcode_features"), replies, strict=True):
-            requested = list(self._plan[view][0])
-            if values[-1] is None:  # no timestamp field: Feast never wrote this entity
-                out.append(None)
-                continue
-            ts, protos = self.online._get_features_for_entity(values, view, requested)
-            decoded = {}
-            for name, proto in (protos or {}).items():
-                kind = proto.WhichOneof("val")
-                decoded[name] = getattr(proto, kind) if kind else None
-            out.append((decoded, ts))
-        return out[0], out[1]
-
-    def _prepare_client(self) -> None:
-        """At most one quick retry: redis-py's default (3 retries with seconds of backoff) would
-        hold a decision for several seconds on a hung Valkey.  One retry still reconnects
-        transparently after Valkey restarts, so the service recovers without a restart."""
-        client = self.online._get_client(self.config.online_store)
-        if client is not self._configured:
-            from redis.backoff import NoBackoff
-            from redis.retry import Retry
-
-            client.set_retry(Retry(NoBackoff(), 1))
-            self._configured = client

@@ -86,3 +86,25 @@ def run_cli(*args: str, env: dict | None = None, cwd: Path | None = None, input:
         timeout=timeout,
         input=input,
     )
+
+
+def forget_feast_project(settings) -> None:
+    """Remove one Feast project (``settings.project``) from the registry and its keys from the
+    online store, leaving every other project and key as it is: tests start their own projects
+    from nothing this way without dropping anything shared."""
+    import psycopg
+    from psycopg import sql
+
+    from feast_ext.store import clear_online
+
+    clear_online(settings)
+    with psycopg.connect(**settings.pg_kwargs(), autocommit=True) as conn:
+        tables = conn.execute(
+            "SELECT table_name FROM information_schema.columns "
+            "WHERE table_schema = 'feast_registry' AND column_name = 'project_id'"
+        ).fetchall()
+        for (table,) in tables:
+            conn.execute(
+                sql.SQL("DELETE FROM feast_registry.{} WHERE project_id = %s").format(sql.Identifier(table)),
+                [settings.project],
+            )

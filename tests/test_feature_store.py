@@ -30,8 +30,8 @@ def test_seed_feast_commands_work_verbatim(backbone):
 
 
 def test_online_values_equal_latest_offline_values(backbone, pg):
+    from feast_ext.online_reader import OnlineReader
     from feast_ext.store import feature_store
-    from model.inference import OnlineReader
 
     store = feature_store(backbone["settings"])
     latest = pd.DataFrame(
@@ -63,7 +63,7 @@ def test_online_values_equal_latest_offline_values(backbone, pg):
         assert online_z[col].tolist() == zips[col].tolist(), col
 
     # The inference module's reader returns what get_online_features returns, with the timestamp.
-    reader = OnlineReader(store)
+    reader = OnlineReader(store, ("credit_history", "zipcode_features"))
     for row, z in zip(sample.head(10).itertuples(), zips.head(10).itertuples(), strict=True):
         (credit, c_ts), (zipc, _) = reader.read(row.dob_ssn, int(z.zipcode))
         assert credit == {c: getattr(row, c) for c in CREDIT_FEATURES}
