@@ -60,7 +60,6 @@ CREATE TABLE IF NOT EXISTS loan_desk_dataset (
 """,
     ),
 ]
-LATEST = MIGRATIONS[-1][0]
 _MIGRATE_LOCK = 0x4C444D49  # "LDMI"
 
 
@@ -68,11 +67,17 @@ class SchemaMissing(RuntimeError):
     """The database has not been set up (or is behind this version of Loan Desk)."""
 
 
-def current_version(conn) -> int:
+def applied_versions(conn) -> set[int]:
     exists = conn.execute("SELECT to_regclass('public.loan_desk_schema_migrations') IS NOT NULL").fetchone()[0]
     if not exists:
-        return 0
-    return conn.execute("SELECT coalesce(max(version), 0) FROM loan_desk_schema_migrations").fetchone()[0]
+        return set()
+    return {v for (v,) in conn.execute("SELECT version FROM loan_desk_schema_migrations")}
+
+
+def missing_versions(conn) -> list[int]:
+    """Every known migration the database has not applied (not only those above its newest)."""
+    have = applied_versions(conn)
+    return [v for v, _, _ in MIGRATIONS if v not in have]
 
 
 def migrate(settings: Settings) -> list[int]:
@@ -80,7 +85,7 @@ def migrate(settings: Settings) -> list[int]:
     db.ensure_database(settings)
     applied = []
     with db.connect(settings, job=True) as conn:
-        if current_version(conn) >= LATEST:
+        if not missing_versions(conn):
             return applied
         conn.execute("SELECT pg_advisory_lock(%s)", [_MIGRATE_LOCK])
         try:
@@ -88,9 +93,9 @@ def migrate(settings: Settings) -> list[int]:
                 "CREATE TABLE IF NOT EXISTS loan_desk_schema_migrations ("
                 " version integer PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
             )
-            have = current_version(conn)
+            have = applied_versions(conn)
             for version, name, ddl in MIGRATIONS:
-                if version <= have:
+                if version in have:
                     continue
                 with conn.transaction():
                     conn.execute(ddl)
@@ -105,5 +110,5 @@ def migrate(settings: Settings) -> list[int]:
 
 def require(conn) -> None:
     """Raise SchemaMissing with the step to run when the database is not migrated."""
-    if current_version(conn) < LATEST:
+    if missing_versions(conn):
         raise SchemaMissing("the database has no Loan Desk tables yet: run `uv run loan-desk` (or any step) first")
