@@ -191,22 +191,28 @@ def create_app(settings: Settings | None = None, service: DecisionService | None
             raise exc
         return ApiError(503, f"{what}: {msg}.", headers={"Retry-After": "5"})
 
-    def current_client(creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> tokens.Client:
+    def _refused(creds) -> ApiError:
+        reason = "a valid" if creds else "an"
+        return ApiError(
+            401,
+            f"Send {reason} API token as `Authorization: Bearer <token>` (missing, unknown and revoked tokens "
+            "are refused).",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+
+    def _authenticate(creds: HTTPAuthorizationCredentials | None) -> tokens.Client:
+        """The client holding the token (one indexed query; nothing cached, so a revocation counts at once)."""
+        if creds is None:
+            raise _refused(creds)
         try:
-            client = tokens.authenticate(settings, creds.credentials if creds else None)
+            client = tokens.authenticate(settings, creds.credentials)
         except Exception as exc:
             raise _unavailable(exc, "The token cannot be checked now") from None
         if client is None:
-            reason = "a valid" if creds else "an"
-            raise ApiError(
-                401,
-                f"Send {reason} API token as `Authorization: Bearer <token>` (missing, unknown and revoked tokens "
-                "are refused).",
-                headers={"WWW-Authenticate": "Bearer"},
-            )
+            raise _refused(creds)
         return client
 
-    Caller = Annotated[tokens.Client, Depends(current_client)]
+    Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
 
     # --- errors: always JSON, one sentence, no stack trace -----------------------------------------
     @app.exception_handler(ApiError)
@@ -258,14 +264,19 @@ def create_app(settings: Settings | None = None, service: DecisionService | None
             }
         },
     )
-    async def post_decision(request: Request, client: Caller):
+    async def post_decision(request: Request, creds: Credentials):
         """Validate, decide and record one application. The decision is in the decision trail as
         `api:<client>` before this answers; its `id` is the one to keep."""
-        fields = validation.application_fields(validation.decode(await _read_body(request)))
-        body = await run_in_threadpool(_decide, fields, client)
+        if creds is None:
+            raise _refused(creds)
+        raw = await _read_body(request)
+        # One hand-off to a worker thread for the blocking part: token check, parsing, decision, record.
+        body = await run_in_threadpool(_decide, creds, raw)
         return JSONResponse(body, status_code=201, headers={"Location": f"/v1/decisions/{body['id']}"})
 
-    def _decide(fields: dict, client: tokens.Client) -> dict:
+    def _decide(creds: HTTPAuthorizationCredentials, raw: bytes) -> dict:
+        client = _authenticate(creds)
+        fields = validation.application_fields(validation.decode(raw))
         try:
             decision = service.decide(fields)
         except ApplicationError as err:
@@ -296,9 +307,10 @@ def create_app(settings: Settings | None = None, service: DecisionService | None
         summary="A recorded decision",
         responses={**ERRORS, 404: {"model": ErrorOut, "description": "No such decision (for this client)"}},
     )
-    def get_decision(decision_id: str, client: Caller):
+    def get_decision(decision_id: str, creds: Credentials):
         """A client sees the decisions made with its own token; an admin token sees every decision,
         the app's included."""
+        client = _authenticate(creds)
         row = None
         if _ID.fullmatch(decision_id):
             try:
