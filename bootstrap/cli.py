@@ -268,7 +268,16 @@ def cmd_api(args) -> int:
         raise ValueError(f"--port must be between 1 and 65535, got {args.port}")
     if not 1 <= args.workers <= 64:
         raise ValueError(f"--workers must be between 1 and 64, got {args.workers}")
-    migrate(_settings())
+    try:
+        migrate(_settings())
+    except Exception as exc:
+        from runtime.health import unavailable
+
+        down = unavailable(exc, _settings())
+        if down is None:
+            raise
+        # A replica starts anyway: /healthz answers 503 until Postgres is back.
+        _say(f"warning: {down}; serving anyway (/healthz says 503 until it answers)")
     _say(
         f"Decision API on http://{args.host}:{args.port} ({args.workers} worker{'s' * (args.workers > 1)}); "
         f"docs at /docs; tokens: uv run loan-desk tokens create NAME"

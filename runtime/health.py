@@ -57,6 +57,11 @@ def unavailable(exc: BaseException, settings: Settings) -> str | None:
         if isinstance(exc, db.DatabaseUnavailable):
             return str(exc)
         return f"Postgres at {settings.pg_where} is not reachable ({_first_line(exc)})"
+    # Feast's SQL registry reaches the same Postgres through SQLAlchemy.
+    from sqlalchemy.exc import InterfaceError, OperationalError
+
+    if isinstance(exc, OperationalError | InterfaceError):
+        return f"Postgres at {settings.pg_where} (Feast's registry) is not reachable ({_first_line(exc.orig or exc)})"
     return None
 
 

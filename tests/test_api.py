@@ -171,6 +171,16 @@ def test_decision_is_made_recorded_with_the_client_name_and_readable_by_id(serve
     ).fetchone()
     assert row == (f"api:{name}", application["dob_ssn"], pytest.approx(body["probability"]), body["outcome"])
 
+    # The identity may also come as date_of_birth + ssn_last4 (strings), as on the form.
+    key = application["dob_ssn"]
+    split = {k: v for k, v in application.items() if k != "dob_ssn"}
+    split |= {"date_of_birth": f"{key[:4]}-{key[4:6]}-{key[6:8]}", "ssn_last4": key[-4:]}
+    status, _, again, text = server.call("POST", "/v1/decisions", split, token=clients["los"])
+    assert status == 201 and again["probability"] == body["probability"] and again["id"] != body["id"], text
+    status, _, err, text = server.call("POST", "/v1/decisions", {**split, "ssn_last4": 42}, token=clients["los"])
+    _assert_error(status, err, text, 422)
+    assert set(err["fields"]) == {"ssn_last4"} and "leading zeros" in err["fields"]["ssn_last4"]
+
     # By id: its own client and an admin see it; another client does not learn it exists.
     status, _, got, text = server.call("GET", f"/v1/decisions/{body['id']}", token=clients["los"])
     assert status == 200, text
@@ -337,6 +347,25 @@ def test_a_replica_without_valkey_says_so_with_503_and_serves_the_trail(
         replica.stop()
     log = replica.log.read_text()
     assert "Traceback" not in log and application["dob_ssn"] not in log
+
+
+def test_a_replica_started_without_postgres_serves_503_with_a_sentence(clients, application, tmp_path):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed = sock.getsockname()[1]
+    replica = Server(tmp_path / "no-pg.log", env={"PGPORT": str(closed)})
+    try:
+        status, _, body, text = replica.call("GET", "/healthz")
+        _assert_error(status, body, text, 503)
+        assert body["postgres"] == "down" and body["valkey"] == "ok" and "Postgres" in body["error"]
+        for method, path, payload in (("POST", "/v1/decisions", application), ("GET", "/v1/decisions/1", None)):
+            status, headers, body, text = replica.call(method, path, payload, token=clients["los"])
+            _assert_error(status, body, text, 503)
+            assert "Postgres" in body["error"] and headers.get("retry-after")
+    finally:
+        replica.stop()
+    log = replica.log.read_text()
+    assert "serving anyway" in log and "Traceback" not in log
 
 
 def test_tokens_cli_shows_a_token_once_and_stores_only_its_hash(backbone, pg):
