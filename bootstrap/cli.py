@@ -283,6 +283,25 @@ def build_parser() -> argparse.ArgumentParser:
     up.set_defaults(func=cmd_users_add)
     ul = usub.add_parser("list", help="list users and roles")
     ul.set_defaults(func=cmd_users_list)
+
+    sp = sub.add_parser("api", help="serve the Decision API (JSON over HTTP, bearer tokens)")
+    sp.add_argument("--host", default="127.0.0.1")
+    sp.add_argument("--port", type=int, default=8000)
+    sp.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    sp.add_argument("--no-access-log", action="store_true", help="do not log one line per request")
+    sp.set_defaults(func=cmd_api)
+
+    sp = sub.add_parser("tokens", help="manage the Decision API's client tokens")
+    tsub = sp.add_subparsers(metavar="ACTION", required=True)
+    tp = tsub.add_parser("create", help="create a client's token and print it (once)")
+    tp.add_argument("name")
+    tp.add_argument("--admin", action="store_true", help="may read every decision, not only its own")
+    tp.set_defaults(func=cmd_tokens_create)
+    tp = tsub.add_parser("list", help="list clients, roles and whether their token is valid")
+    tp.set_defaults(func=cmd_tokens_list)
+    tp = tsub.add_parser("revoke", help="revoke a client's token (at once, on every replica)")
+    tp.add_argument("name")
+    tp.set_defaults(func=cmd_tokens_revoke)
     return p
 
 
@@ -303,6 +322,79 @@ def cmd_users_list(args) -> int:
     migrate(_settings())
     for name, role in list_users(_settings()):
         print(f"{name}\t{role}")
+    return 0
+
+
+def cmd_api(args) -> int:
+    import uvicorn
+
+    from runtime.migrations import migrate
+
+    if not 0 < args.port < 65536:
+        raise ValueError(f"--port must be between 1 and 65535, got {args.port}")
+    if not 1 <= args.workers <= 64:
+        raise ValueError(f"--workers must be between 1 and 64, got {args.workers}")
+    try:
+        migrate(_settings())
+    except Exception as exc:
+        from runtime.health import unavailable
+
+        down = unavailable(exc, _settings())
+        if down is None:
+            raise
+        # A replica starts anyway: /healthz answers 503 until Postgres is back.
+        _say(f"warning: {down}; serving anyway (/healthz says 503 until it answers)")
+    _say(
+        f"Decision API on http://{args.host}:{args.port} ({args.workers} worker{'s' * (args.workers > 1)}); "
+        f"docs at /docs; tokens: uv run loan-desk tokens create NAME"
+    )
+    # An import string (not the app object) so that each worker process builds its own app.
+    uvicorn.run(
+        "api.app:create_app_from_env",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        access_log=not args.no_access_log,
+        server_header=False,
+        log_level="info",
+    )
+    return 0
+
+
+def cmd_tokens_create(args) -> int:
+    from runtime.migrations import migrate
+    from runtime.tokens import create_token
+
+    migrate(_settings())
+    role = "admin" if args.admin else "client"
+    token = create_token(_settings(), args.name, role)
+    print(token)
+    _say(
+        f"token for client {args.name.strip().lower()!r} (role {role}) printed above; it is shown only this once "
+        "(Loan Desk keeps only its SHA-256). Send it as `Authorization: Bearer <token>`."
+    )
+    return 0
+
+
+def cmd_tokens_list(args) -> int:
+    from runtime.migrations import migrate
+    from runtime.tokens import list_tokens
+
+    migrate(_settings())
+    for t in list_tokens(_settings()):
+        state = f"revoked {t.revoked_at:%Y-%m-%d %H:%M}" if t.revoked_at else "valid"
+        print(f"{t.name}\t{t.role}\tcreated {t.created_at:%Y-%m-%d %H:%M}\t{state}")
+    return 0
+
+
+def cmd_tokens_revoke(args) -> int:
+    from runtime.migrations import migrate
+    from runtime.tokens import revoke_token
+
+    migrate(_settings())
+    revoke_token(_settings(), args.name)
+    _say(f"token of client {args.name.strip().lower()!r} revoked; its requests are refused from now on")
     return 0
 
 

@@ -59,6 +59,19 @@ CREATE TABLE IF NOT EXISTS loan_desk_dataset (
 );
 """,
     ),
+    (
+        3,
+        "API tokens of client systems (sha256 hashes only)",
+        """
+CREATE TABLE loan_desk_api_tokens (
+    name       text PRIMARY KEY,
+    token_hash bytea NOT NULL UNIQUE CHECK (length(token_hash) = 32),
+    role       text NOT NULL CHECK (role IN ('client', 'admin')),
+    created_at timestamptz NOT NULL DEFAULT now(),
+    revoked_at timestamptz
+);
+""",
+    ),
 ]
 _MIGRATE_LOCK = 0x4C444D49  # "LDMI"
 

@@ -16,7 +16,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.mark.parametrize("name", ["decision", "materialize", "training", "load"])
+@pytest.mark.parametrize("name", ["decision", "materialize", "training", "load", "api"])
 def test_benchmark_runs_at_a_tiny_size(name, settings, tmp_path):
     results = tmp_path / "results.json"
     env = {
@@ -45,5 +45,8 @@ def test_benchmark_runs_at_a_tiny_size(name, settings, tmp_path):
         "materialize": "materialize_vs_floor_600",
         "training": "pit_vs_floor_600",
         "load": "load_rows_per_s",
+        "api": "api_p50_ms_c1",
     }[name]
     assert figures[expected] > 0
+    if name == "api":
+        assert figures["api_exact_errors"] == 0 and figures["api_exact_recorded"] == figures["api_exact_requests"]
