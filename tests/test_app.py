@@ -133,6 +133,7 @@ def test_apply_reports_an_unreachable_online_store_then_recovers(backbone, pg, m
 
 def test_what_if_recomputes_without_recording(backbone, pg):
     from model.inference import DecisionService
+
     at = _app("pages/apply.py", "t_officer3", "officer").run()
     next(b for b in at.button if b.label == "Fill with a sample applicant").click().run()
     next(b for b in at.button if b.label == "Decide").click().run()
