@@ -200,6 +200,9 @@ def _warm_up() -> None:
 
 
 def main() -> None:
+    from runtime.db import page_run
+
+    page_run()
     _check_session()
     user, role = st.session_state.get("ld_user"), st.session_state.get("ld_role")
     if not user:

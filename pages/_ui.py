@@ -59,6 +59,9 @@ def ensure_navigation_v2() -> None:
 def require(*roles: str) -> tuple[str, str]:
     """(name, role) of the signed-in user; stops the page for anyone else."""
     ensure_navigation_v2()
+    from runtime.db import page_run
+
+    page_run()
     name, role = current_user()
     if not name:
         st.warning("Please sign in first.", icon=":material/lock:")

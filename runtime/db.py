@@ -197,18 +197,42 @@ def _probe(settings: Settings, p: ConnectionPool) -> None:
     _recent_failure.pop(key, None)
 
 
+# A page run (one run of a Streamlit script, on its own thread) that met a held lock does not
+# wait for it again: its later queries fail at once with the same cause, so the page shows one
+# sentence after one lock timeout instead of one per query.  Only threads that called
+# page_run() take part (the CLI and jobs never do), and only for one lock timeout's length.
+_page = threading.local()
+
+
+def page_run() -> None:
+    """Mark the start of a page run on this thread (pages/_ui.require and streamlit_app call it)."""
+    _page.active = True
+    _page.busy = None
+
+
+def _busy_check(settings: Settings) -> None:
+    busy = getattr(_page, "busy", None)
+    if busy and time.monotonic() - busy[0] < settings.timeouts.lock_s:
+        raise psycopg.errors.LockNotAvailable(busy[1])
+
+
 @contextmanager
 def connection(settings: Settings):
     """A pooled autocommit connection for one request; returned to the pool afterwards."""
     p = pool(settings)
+    _busy_check(settings)
     _probe(settings, p)
     try:
         with p.connection() as conn:
             yield conn
+    except psycopg.errors.LockNotAvailable as exc:
+        if getattr(_page, "active", False):
+            _page.busy = (time.monotonic(), str(exc))
+        raise
     except PoolTimeout as exc:
-        raise DatabaseUnavailable(
-            f"no connection to Postgres at {settings.pg_where} within {settings.timeouts.connect_s + 1:.0f} s"
-        ) from exc
+        msg = f"no connection to Postgres at {settings.pg_where} within {settings.timeouts.connect_s + 1:.0f} s"
+        _recent_failure[p.name] = (time.monotonic(), msg, DatabaseUnavailable)
+        raise DatabaseUnavailable(msg) from exc
 
 
 def close_pools() -> None:

@@ -18,7 +18,7 @@ def explain(exc: BaseException) -> str:
     import psycopg
     import redis
 
-    from runtime.db import ServerStalled
+    from runtime.db import DatabaseUnavailable, ServerStalled
     from runtime.settings import Settings
 
     try:
@@ -39,6 +39,8 @@ def explain(exc: BaseException) -> str:
         )
     if isinstance(exc, ServerStalled):
         return f"{_first_line(exc)}; nothing more was sent — try again once it answers"
+    if isinstance(exc, DatabaseUnavailable):  # says where already
+        return f"{_first_line(exc)}; check that it runs and is reachable (`uv run loan-desk services` starts it)"
     if isinstance(exc, psycopg.OperationalError):
         return f"Postgres at {pg} is not reachable ({_first_line(exc)}); start it with `uv run loan-desk services`"
     if isinstance(exc, psycopg.errors.UndefinedTable):
