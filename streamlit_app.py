@@ -64,8 +64,13 @@ def _policies() -> tuple[sessions.SessionPolicy, SigninPolicy]:
     return sessions.SessionPolicy.from_env(), SigninPolicy.from_env()
 
 
+def _text(value) -> str | None:
+    """A value from st.context (request data: a string, or nothing)."""
+    return value if isinstance(value, str) else None
+
+
 def _client() -> str:
-    return sessions.client_address(st.context.ip_address, st.context.headers.get("X-Forwarded-For"))
+    return sessions.client_address(_text(st.context.ip_address), _text(st.context.headers.get("X-Forwarded-For")))
 
 
 def _forget(notice: str | None = None) -> None:
@@ -83,7 +88,7 @@ def _check_session() -> None:
     from_cookie = session_id is None
     if from_cookie:
         st.session_state.pop("ld_user", None)  # only a live session signs anyone in
-        session_id = st.context.cookies.get(sessions.COOKIE)
+        session_id = _text(st.context.cookies.get(sessions.COOKIE))
         if not session_id or st.session_state.get("ld_cookie_checked") == session_id:
             return
         st.session_state["ld_cookie_checked"] = session_id  # a dead cookie is looked up once
@@ -143,7 +148,7 @@ def _logout() -> None:
     _forget(notice)
     st.session_state["ld_clear_cookie"] = True
     # This browser session keeps seeing the cookie it connected with: it is dead now, don't look it up.
-    st.session_state["ld_cookie_checked"] = st.context.cookies.get(sessions.COOKIE)
+    st.session_state["ld_cookie_checked"] = _text(st.context.cookies.get(sessions.COOKIE))
 
 
 def _login_page(requested) -> None:

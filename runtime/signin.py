@@ -105,8 +105,9 @@ def sign_in(settings: Settings, typed_name: str, password: str, client: str, pol
         # The rows stay locked until the attempt is recorded: parallel tries of one name or from one
         # address take turns, so none of them skips the delay or the count.
         rows = conn.execute(
-            "SELECT kind, failures, extract(epoch FROM now() - last_failure), "
-            "extract(epoch FROM next_allowed - now()), extract(epoch FROM locked_until - now()) "
+            "SELECT kind, failures, extract(epoch FROM clock_timestamp() - last_failure), "
+            "extract(epoch FROM next_allowed - clock_timestamp()), "
+            "extract(epoch FROM locked_until - clock_timestamp()) "
             "FROM loan_desk_signin_limits WHERE (kind, key) IN (('user', %s), ('client', %s)) "
             "ORDER BY kind FOR UPDATE",
             [key, client],
@@ -137,6 +138,8 @@ def sign_in(settings: Settings, typed_name: str, password: str, client: str, pol
                     False, f"Please wait {_wait_text(float(wait))} before the next try (each failed try adds a wait)."
                 )
 
+        # Timestamps written after the bcrypt check use clock_timestamp(): now() is when the
+        # transaction began, before the check's quarter of a second.
         rec = None
         if NAME_RE.match(name):
             rec = conn.execute("SELECT role, password_hash FROM loan_desk_users WHERE name = %s", [name]).fetchone()
@@ -160,8 +163,9 @@ def sign_in(settings: Settings, typed_name: str, password: str, client: str, pol
             failures += 1
             if failures >= policy.limit(kind):
                 conn.execute(
-                    "UPDATE loan_desk_signin_limits SET failures = 0, last_failure = now(), next_allowed = NULL, "
-                    "locked_until = now() + make_interval(secs => %s) WHERE kind = %s AND key = %s",
+                    "UPDATE loan_desk_signin_limits SET failures = 0, last_failure = clock_timestamp(), "
+                    "next_allowed = NULL, locked_until = clock_timestamp() + make_interval(secs => %s) "
+                    "WHERE kind = %s AND key = %s",
                     [policy.lockout_s, kind, k],
                 )
                 who = "this user name" if kind == "user" else "your address"
@@ -172,8 +176,8 @@ def sign_in(settings: Settings, typed_name: str, password: str, client: str, pol
             else:
                 delay = policy.delay_after(failures)
                 conn.execute(
-                    "UPDATE loan_desk_signin_limits SET failures = %s, last_failure = now(), "
-                    "next_allowed = now() + make_interval(secs => %s), locked_until = NULL "
+                    "UPDATE loan_desk_signin_limits SET failures = %s, last_failure = clock_timestamp(), "
+                    "next_allowed = clock_timestamp() + make_interval(secs => %s), locked_until = NULL "
                     "WHERE kind = %s AND key = %s",
                     [failures, delay, kind, k],
                 )
