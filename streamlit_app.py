@@ -151,9 +151,14 @@ def _logout() -> None:
     st.session_state["ld_cookie_checked"] = _text(st.context.cookies.get(sessions.COOKIE))
 
 
+# Signed out, the sidebar has nothing to show (it stays open after a logout otherwise).
+_NO_SIDEBAR = '<style>section[data-testid="stSidebar"], [data-testid="stExpandSidebarButton"] {display: none}</style>'
+
+
 def _login_page(requested) -> None:
     if st.session_state.pop("ld_clear_cookie", False):
         st.html(_cookie_script(None), unsafe_allow_javascript=True)
+    st.html(_NO_SIDEBAR)
     _, mid, _ = st.columns([1, 1.2, 1])
     with mid:
         st.title(":material/account_balance: Loan Desk")

@@ -2,9 +2,10 @@
 
 Failures are counted per user name (as typed, normalised) and per client address, in
 ``loan_desk_signin_limits``; every attempt is recorded in ``loan_desk_signin_attempts``.
-After the n-th failure in a row the next try must wait ``delay_s * 2**(n-1)`` seconds (at
-most ``max_delay_s``); the ``user_failures``-th failure locks the name (the
-``client_failures``-th the address) for ``lockout_s``.  While locked, even the right password
+After the n-th failure in a row of a name, its next try must wait ``delay_s * 2**(n-1)``
+seconds (at most ``max_delay_s``; an address climbs the same steps more slowly); the
+``user_failures``-th failure locks the name (the ``client_failures``-th the address) for
+``lockout_s``.  While locked, even the right password
 is refused — and no bcrypt work is done for a refused attempt.  Unknown names are counted
 and locked like real ones (and checked against a dummy hash), so the answers do not tell
 which names exist.  A success clears the name's counter; failures older than the lockout
@@ -62,7 +63,11 @@ class SigninPolicy:
             max_delay_s=_seconds("LOAN_DESK_SIGNIN_MAX_DELAY_S", d.max_delay_s),
         )
 
-    def delay_after(self, failures: int) -> float:
+    def delay_after(self, failures: int, kind: str = "user") -> float:
+        """The wait before the next try after ``failures`` in a row.  An address (many people
+        behind one office router) climbs the same steps, user_failures/client_failures as fast."""
+        if kind == "client":
+            failures = math.ceil(failures * self.user_failures / self.client_failures)
         return min(self.delay_s * 2 ** (failures - 1), self.max_delay_s)
 
     def limit(self, kind: str) -> int:
@@ -174,7 +179,7 @@ def sign_in(settings: Settings, typed_name: str, password: str, client: str, pol
                     "(an administrator can lift the lock sooner)."
                 )
             else:
-                delay = policy.delay_after(failures)
+                delay = policy.delay_after(failures, kind)
                 conn.execute(
                     "UPDATE loan_desk_signin_limits SET failures = %s, last_failure = clock_timestamp(), "
                     "next_allowed = clock_timestamp() + make_interval(secs => %s), locked_until = NULL "
