@@ -33,6 +33,7 @@ PAGES = {  # url path: (file, title, icon, roles)
     "explore": ("pages/explore.py", "Explore features", ":material/query_stats:", ("officer", "admin")),
     "model_card": ("pages/model_card.py", "Model card", ":material/fact_check:", ("officer", "admin")),
     "materialize": ("pages/materialize.py", "Materialize", ":material/sync:", ("admin",)),
+    "users": ("pages/users.py", "Users", ":material/group:", ("admin",)),
 }
 
 

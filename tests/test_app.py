@@ -279,3 +279,24 @@ def test_run_history_shows_labels_as_plain_text(backbone, pg):
         assert not any("![" in e.value for e in at.error)  # as escaped Markdown, never as an image
     finally:
         pg.execute("DELETE FROM loan_desk_materialize_runs WHERE requested_by = %s", [evil])
+
+
+def test_admins_see_and_lift_lockouts_on_the_users_page(settings, pg):
+    from runtime.migrations import migrate
+
+    migrate(settings)
+    pg.execute("DELETE FROM loan_desk_signin_limits")
+    pg.execute(
+        "INSERT INTO loan_desk_signin_limits (kind, key, failures, last_failure, locked_until) "
+        "VALUES ('user', 't_locked_out', 0, now(), now() + interval '10 min')"
+    )
+    officer = _app("pages/users.py", "t_user", "officer").run()
+    assert "Your role may not open this page" in _texts(officer)
+    at = _app("pages/users.py", "t_admin", "admin").run()
+    assert not at.exception
+    assert "t_locked_out" in at.dataframe[1].value["name or address"].tolist()
+    at.button(key="ld_unlock").click().run()
+    assert "the lock is lifted" in _texts(at), _texts(at)
+    left = pg.execute("SELECT count(*) FROM loan_desk_signin_limits WHERE key = 't_locked_out'").fetchone()[0]
+    assert left == 0
+    assert "No lockouts" in "\n".join(c.value for c in at.caption)
