@@ -275,19 +275,35 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--address", default="127.0.0.1")
     sp.set_defaults(func=cmd_serve)
 
-    sp = sub.add_parser("users", help="manage app users")
+    sp = sub.add_parser("users", help="manage app users, their sign-in lockouts and sessions")
     usub = sp.add_subparsers(metavar="ACTION", required=True)
-    up = usub.add_parser("add", help="add or update a user; password from stdin or LOAN_DESK_PASSWORD")
+    up = usub.add_parser("add", help="add a new user; password from stdin, a prompt or LOAN_DESK_PASSWORD")
     up.add_argument("name")
     up.add_argument("--role", choices=["officer", "admin"], required=True)
     up.set_defaults(func=cmd_users_add)
+    up = usub.add_parser("set", help="change an existing user's role (ends their sessions)")
+    up.add_argument("name")
+    up.add_argument("--role", choices=["officer", "admin"], required=True)
+    up.set_defaults(func=cmd_users_set)
+    up = usub.add_parser("passwd", help="change an existing user's password (ends their sessions)")
+    up.add_argument("name")
+    up.set_defaults(func=cmd_users_passwd)
     ul = usub.add_parser("list", help="list users and roles")
     ul.set_defaults(func=cmd_users_list)
+    ul = usub.add_parser("lockouts", help="user names and addresses locked out (or with failed sign-ins)")
+    ul.set_defaults(func=cmd_users_lockouts)
+    ul = usub.add_parser("unlock", help="lift a sign-in lockout now")
+    target = ul.add_mutually_exclusive_group(required=True)
+    target.add_argument("name", nargs="?", help="user name")
+    target.add_argument("--client", metavar="ADDR", help="a client address instead (see `users lockouts`)")
+    ul.set_defaults(func=cmd_users_unlock)
+    ul = usub.add_parser("sessions", help="open sign-in sessions")
+    ul.set_defaults(func=cmd_users_sessions)
 
     sp = sub.add_parser("api", help="serve the Decision API (JSON over HTTP, bearer tokens)")
     sp.add_argument("--host", default="127.0.0.1")
-    sp.add_argument("--port", type=int, default=8000)
-    sp.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    sp.add_argument("--port", type=whole_number, default=8000)
+    sp.add_argument("--workers", type=whole_number, default=1, help="worker processes (default 1)")
     sp.add_argument("--no-access-log", action="store_true", help="do not log one line per request")
     sp.set_defaults(func=cmd_api)
 
@@ -305,22 +321,43 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def cmd_users_add(args) -> int:
+def _users_ready():
     from runtime.migrations import migrate
+
+    s = _settings()
+    migrate(s)
+    return s
+
+
+def cmd_users_add(args) -> int:
     from runtime.users import add_user, read_password
 
-    migrate(_settings())
-    add_user(_settings(), args.name, args.role, read_password())
-    _say(f"user {args.name!r} saved with role {args.role}")
+    s = _users_ready()
+    stored = add_user(s, args.name, args.role, read_password())
+    note = f" (names are stored stripped and lowercase; you typed {args.name!r})" if stored != args.name else ""
+    _say(f"created user {stored!r} with role {args.role}{note}")
+    return 0
+
+
+def cmd_users_set(args) -> int:
+    from runtime.users import set_role
+
+    _say(set_role(_users_ready(), args.name, args.role))
+    return 0
+
+
+def cmd_users_passwd(args) -> int:
+    from runtime.users import read_password, set_password
+
+    s = _users_ready()
+    _say(set_password(s, args.name, read_password()))
     return 0
 
 
 def cmd_users_list(args) -> int:
-    from runtime.migrations import migrate
     from runtime.users import list_users
 
-    migrate(_settings())
-    for name, role in list_users(_settings()):
+    for name, role in list_users(_users_ready()):
         print(f"{name}\t{role}")
     return 0
 
@@ -395,6 +432,54 @@ def cmd_tokens_revoke(args) -> int:
     migrate(_settings())
     revoke_token(_settings(), args.name)
     _say(f"token of client {args.name.strip().lower()!r} revoked; its requests are refused from now on")
+    return 0
+
+
+def cmd_users_lockouts(args) -> int:
+    from runtime.errors import clip
+    from runtime.signin import lockouts
+
+    rows = lockouts(_users_ready())
+    if not rows:
+        _say("no lockouts and no recent failed sign-ins")
+        return 0
+    print("kind\tname or address\tstate\tfailures\tlast failure (UTC)")
+    for r in rows:
+        state = f"locked until {r['locked_until']:%Y-%m-%d %H:%M:%S}" if r["locked"] else "not locked"
+        last = f"{r['last_failure']:%Y-%m-%d %H:%M:%S}" if r["last_failure"] else "-"
+        print(f"{r['kind']}\t{clip(r['key'], 64)}\t{state}\t{r['failures']}\t{last}")
+    return 0
+
+
+def cmd_users_unlock(args) -> int:
+    from runtime.errors import clip
+    from runtime.signin import unlock
+    from runtime.users import normalise
+
+    s = _users_ready()
+    if args.client:
+        what = f"address {clip(args.client, 64)!r}"
+        done = unlock(s, args.client.strip(), kind="client")
+    else:
+        what = f"user name {clip(normalise(args.name), 64)!r}"
+        done = unlock(s, args.name, kind="user")
+    _say(f"{what}: lockout lifted and failures cleared" if done else f"{what} was not locked; nothing changed")
+    return 0
+
+
+def cmd_users_sessions(args) -> int:
+    from runtime.sessions import open_sessions
+
+    rows = open_sessions(_users_ready())
+    if not rows:
+        _say("no open sessions")
+        return 0
+    print("user\tclient\tsigned in (UTC)\tlast seen (UTC)\texpires (UTC)")
+    for r in rows:
+        print(
+            f"{r['username']}\t{r['client']}\t{r['created_at']:%Y-%m-%d %H:%M}\t"
+            f"{r['last_seen']:%Y-%m-%d %H:%M}\t{r['expires_at']:%Y-%m-%d %H:%M}"
+        )
     return 0
 
 

@@ -60,6 +60,48 @@ CREATE TABLE IF NOT EXISTS loan_desk_dataset (
 """,
     ),
     (
+        2,
+        "server-side sign-in sessions, sign-in attempts and lockouts, normalised user names",
+        """
+-- Names are normalised (stripped, lowercase) when created; new rows must be, old rows are left alone.
+ALTER TABLE loan_desk_users
+    ADD CONSTRAINT loan_desk_users_name_normalised CHECK (name = lower(btrim(name))) NOT VALID;
+-- One row per sign-in. The browser's cookie holds a random id; only its SHA-256 is stored.
+CREATE TABLE loan_desk_sessions (
+    id_hash    bytea       PRIMARY KEY,
+    username   text        NOT NULL REFERENCES loan_desk_users (name) ON DELETE CASCADE ON UPDATE CASCADE,
+    client     text        NOT NULL DEFAULT '',
+    created_at timestamptz NOT NULL DEFAULT now(),
+    last_seen  timestamptz NOT NULL DEFAULT now(),
+    expires_at timestamptz NOT NULL,
+    ended_at   timestamptz,
+    ended_why  text,
+    CHECK ((ended_at IS NULL) = (ended_why IS NULL))
+);
+CREATE INDEX loan_desk_sessions_open ON loan_desk_sessions (username) WHERE ended_at IS NULL;
+-- Every sign-in attempt, successful or not (the name as typed, cut to 64 characters).
+CREATE TABLE loan_desk_signin_attempts (
+    id       bigserial   PRIMARY KEY,
+    at       timestamptz NOT NULL DEFAULT now(),
+    username text        NOT NULL,
+    client   text        NOT NULL,
+    outcome  text        NOT NULL CHECK (outcome IN ('ok', 'wrong password', 'unknown user', 'too soon', 'locked'))
+);
+CREATE INDEX loan_desk_signin_attempts_user ON loan_desk_signin_attempts (username, at DESC);
+CREATE INDEX loan_desk_signin_attempts_client ON loan_desk_signin_attempts (client, at DESC);
+-- Failure counters per user name and per client address: a growing delay, then a lockout.
+CREATE TABLE loan_desk_signin_limits (
+    kind          text        NOT NULL CHECK (kind IN ('user', 'client')),
+    key           text        NOT NULL,
+    failures      integer     NOT NULL DEFAULT 0,
+    last_failure  timestamptz,
+    next_allowed  timestamptz,
+    locked_until  timestamptz,
+    PRIMARY KEY (kind, key)
+);
+""",
+    ),
+    (
         3,
         "API tokens of client systems (sha256 hashes only)",
         """

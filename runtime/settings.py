@@ -72,6 +72,9 @@ class Timeouts:
     lock_s: float = 3.0
     idle_in_transaction_s: float = 30.0
     tcp_user_s: float = 10.0
+    # No reply after this long: ask Postgres on a second connection whether it is still
+    # working on the request (runtime/db.py), so a stalled network path fails in seconds.
+    reply_s: float = 2.0
 
     @classmethod
     def from_env(cls) -> Timeouts:
@@ -82,6 +85,7 @@ class Timeouts:
             lock_s=_seconds("LOAN_DESK_PG_LOCK_TIMEOUT_S", d.lock_s),
             idle_in_transaction_s=_seconds("LOAN_DESK_PG_IDLE_TX_TIMEOUT_S", d.idle_in_transaction_s),
             tcp_user_s=_seconds("LOAN_DESK_PG_TCP_USER_TIMEOUT_S", d.tcp_user_s),
+            reply_s=_seconds("LOAN_DESK_PG_REPLY_TIMEOUT_S", d.reply_s),
         )
 
 
