@@ -114,7 +114,6 @@ def decision_body(decision_id: int, client: tokens.Client, d: Decision) -> dict:
             "model_version": d.model_version,
             "reasons": [asdict(r) for r in d.reasons],
             "features": _features(asdict(f) for f in d.features),
-            "stale_views": d.stale,
             "warnings": d.warnings,
             "latency_ms": d.latency_ms,
         }

@@ -66,7 +66,7 @@ class FeatureOut(BaseModel):
     view: Literal["credit_history", "zipcode_features"]
     value: float | int | str | None
     as_of: str | None = Field(description="Event time of the online row the value comes from (ISO 8601)")
-    status: Literal["ok", "stale", "missing"]
+    status: Literal["ok", "missing"]
 
 
 class DecisionOut(BaseModel):
@@ -79,7 +79,6 @@ class DecisionOut(BaseModel):
     model_version: str
     reasons: list[ReasonOut] = Field(description="The features that moved this decision most, largest first")
     features: list[FeatureOut] = Field(description="The online features used, with their as-of times")
-    stale_views: list[str] = Field(description="Feature views whose rows are older than their TTL")
     warnings: list[str]
     latency_ms: float = Field(description="Time the decision took inside the service")
 

@@ -158,7 +158,7 @@ def test_decision_is_made_recorded_with_the_client_name_and_readable_by_id(serve
     assert body["model_version"] == backbone["meta"]["model_version"]
     assert len(body["reasons"]) == 5 and {r["direction"] for r in body["reasons"]} <= {"raises risk", "lowers risk"}
     credit = [f for f in body["features"] if f["view"] == "credit_history"]
-    assert credit and all(f["as_of"] and f["status"] in ("ok", "stale") for f in credit)
+    assert credit and all(f["as_of"] and f["status"] == "ok" for f in credit)
     # The applicant id never comes back in clear text.
     assert application["dob_ssn"] not in text and body["applicant"].endswith(application["dob_ssn"][-2:])
     # The same decision as the in-process service's.
