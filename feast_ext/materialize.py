@@ -67,6 +67,18 @@ def needs_full_refresh(store, conn: object) -> bool:
     return loaded is not None and (done is None or done < loaded)
 
 
+def _spark_guard(settings: Settings):
+    """Under the Spark profile: check the export, start the Spark session Feast's engine reuses,
+    and turn a Spark failure into one sentence. A no-op for the Postgres profile."""
+    if settings.offline != "spark":
+        return lambda _view: contextlib.nullcontext()
+    from feast_ext import spark
+
+    spark.check_export(settings.export_location())
+    spark.session(settings)
+    return lambda view: spark.job_errors(f"materializing {view}")
+
+
 def materialize(
     settings: Settings,
     requested_by: str = "cli",
@@ -100,6 +112,7 @@ def materialize(
             t0 = time.perf_counter()
             try:
                 store = feature_store(settings)
+                guard = _spark_guard(settings)  # before anything is cleared
                 if full is None:
                     full = needs_full_refresh(store, conn)
                 start = None
@@ -115,7 +128,8 @@ def materialize(
                         step(f"cleared {cleared:,} online rows of earlier data")
                 # The fast writer (feast_ext/engine.py) writes Feast's exact online format and
                 # records the same registry intervals; LOAN_DESK_MATERIALIZER=feast uses Feast's engine.
-                fast = os.environ.get("LOAN_DESK_MATERIALIZER", "fast") != "feast"
+                # The Spark profile reads the Parquet export with Feast's Spark engine, never Postgres.
+                fast = settings.offline == "postgres" and os.environ.get("LOAN_DESK_MATERIALIZER", "fast") != "feast"
                 if fast:
                     from feast_ext import engine as online_writer
 
@@ -138,9 +152,11 @@ def materialize(
                             store, settings.pg_kwargs(), end, [fv.name], progress=done
                         )
                     elif full:
-                        store.materialize(start_date=start, end_date=end, feature_views=[fv.name])
+                        with guard(fv.name):
+                            store.materialize(start_date=start, end_date=end, feature_views=[fv.name])
                     else:
-                        store.materialize_incremental(end_date=end, feature_views=[fv.name])
+                        with guard(fv.name):
+                            store.materialize_incremental(end_date=end, feature_views=[fv.name])
                 rows = online_key_count(settings)
                 seconds = time.perf_counter() - t0
                 conn.execute(
