@@ -63,17 +63,22 @@ def spark_conf(settings: Settings) -> dict[str, str]:
     return dict(repo_config(settings).offline_store.spark_conf or {})
 
 
+def quiet() -> None:
+    """Feast warns on every Spark source and query that its Spark support is experimental (once is
+    enough), and logs a Spark read failure with its Java stack trace before raising: with no
+    logging set up (the CLI) Python would print that on stderr, while the error itself is
+    reported as one sentence (``job_errors``)."""
+    warnings.filterwarnings("once", message="The spark .* is an experimental feature", category=RuntimeWarning)
+    logging.getLogger(SPARK_SOURCE_LOGGER).addHandler(_NULL)
+
+
 def session(settings: Settings):
     """This process's Spark session (started on first use, again after it was stopped)."""
     from pyspark import SparkConf
     from pyspark.sql import SparkSession
 
     conf = spark_conf(settings)
-    # Feast warns on every Spark source and query that its Spark support is experimental: once is enough.
-    warnings.filterwarnings("once", message="The spark .* is an experimental feature", category=RuntimeWarning)
-    # Feast logs a Spark read failure with its Java stack trace before raising; with no logging
-    # set up (the CLI) Python would print that on stderr: the error is reported as one sentence.
-    logging.getLogger(SPARK_SOURCE_LOGGER).addHandler(_NULL)
+    quiet()
     with _lock:
         spark = SparkSession.getActiveSession()
         if spark is None:

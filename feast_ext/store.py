@@ -42,6 +42,11 @@ def repo_config(settings: Settings):
 def _cached_store(settings: Settings):
     from feast import FeatureStore
 
+    if settings.offline == "spark":
+        from feast_ext.spark import quiet
+
+        quiet()
+
     return FeatureStore(repo_path=str(FEATURE_REPO), config=repo_config(settings))
 
 
@@ -95,8 +100,9 @@ def _apply_spark(settings: Settings) -> str:
     from feast.repo_contents import RepoContents
     from feast.repo_operations import apply_total_with_repo_instance
 
-    from feast_ext.spark import check_export
+    from feast_ext.spark import check_export, quiet
 
+    quiet()
     location = settings.export_location()
     check_export(location)
     # features.py as a module of its own (no sys.path or sys.modules change, fresh objects)

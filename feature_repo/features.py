@@ -9,6 +9,7 @@ the CLI call ``definitions`` with their settings instead.
 
 import os
 from datetime import timedelta
+from pathlib import Path
 
 from feast import Entity, FeatureService, FeatureView, Field
 from feast.infra.offline_stores.contrib.postgres_offline_store.postgres_source import PostgreSQLSource
@@ -133,11 +134,14 @@ def definitions(offline: str = "postgres", export_dir: str | None = None) -> lis
 
 
 def _from_environment() -> list:
-    """For `feast apply` in a terminal: the profile named by the environment (read only)."""
+    """For `feast apply` in a terminal: the profile named by the environment (read only). The
+    export folder defaults as in runtime/settings.py: $LOAN_DESK_HOME/export, .loan-desk/export."""
     offline = (os.environ.get("LOAN_DESK_OFFLINE") or "postgres").strip().lower()
-    if offline == "spark" and not os.environ.get("LOAN_DESK_EXPORT_DIR"):
-        raise ValueError('LOAN_DESK_EXPORT_DIR is not set: run eval "$(uv run loan-desk env)" first')
-    return definitions(offline, os.environ.get("LOAN_DESK_EXPORT_DIR"))
+    if offline != "spark":
+        return definitions()
+    home = Path(os.environ.get("LOAN_DESK_HOME") or Path(__file__).resolve().parent.parent / ".loan-desk")
+    export_dir = os.environ.get("LOAN_DESK_EXPORT_DIR") or str(home.resolve() / "export")
+    return definitions("spark", export_dir if "://" in export_dir else os.path.abspath(export_dir))
 
 
 (
