@@ -20,18 +20,13 @@ from runtime.settings import FEATURE_REPO, Settings
 _store_lock = threading.Lock()
 
 
-def config_file(settings: Settings) -> Path:
-    """The Feast configuration of the settings' offline profile."""
-    return FEATURE_REPO / ("feature_store.spark.yaml" if settings.offline == "spark" else "feature_store.yaml")
-
-
 def repo_config(settings: Settings):
     """The profile's feature_store yaml as a RepoConfig, its placeholders filled from ``settings``."""
     import yaml
     from feast.repo_config import RepoConfig
 
     env = settings.feast_env()
-    text = config_file(settings).read_text()
+    text = settings.feast_config_file().read_text()
     filled = re.sub(r"\$\{(\w+)\}", lambda m: env[m.group(1)], text)
     config = RepoConfig(**yaml.safe_load(filled))
     config.repo_path = FEATURE_REPO

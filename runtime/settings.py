@@ -155,6 +155,10 @@ class Settings:
         raw = self.export_dir or str(home() / "export")
         return raw.rstrip("/") if "://" in raw else os.path.abspath(raw)
 
+    def feast_config_file(self) -> Path:
+        """The Feast configuration of the offline profile."""
+        return FEATURE_REPO / ("feature_store.spark.yaml" if self.offline == "spark" else "feature_store.yaml")
+
     # --- Postgres -----------------------------------------------------------------
     def pg_kwargs(self, dbname: str | None = None) -> dict:
         return {
@@ -204,12 +208,7 @@ class Settings:
         """Every variable feature_repo/feature_store.yaml (or .spark.yaml) and features.py read."""
         spark = {}
         if self.offline == "spark":
-            spark = {
-                "LOAN_DESK_EXPORT_DIR": self.export_location(),
-                "LOAN_DESK_SPARK_PYTHON": sys.executable,
-                # the feast CLI then reads the Spark configuration without a -f
-                "FEAST_FS_YAML_FILE_PATH": str(FEATURE_REPO / "feature_store.spark.yaml"),
-            }
+            spark = {"LOAN_DESK_EXPORT_DIR": self.export_location(), "LOAN_DESK_SPARK_PYTHON": sys.executable}
         return {
             "PGHOST": self.pghost,
             "PGPORT": str(self.pgport),
@@ -222,5 +221,8 @@ class Settings:
             "LOAN_DESK_REGISTRY_URL": self.registry_url(),
             "LOAN_DESK_FEAST_PROJECT": self.project,
             "LOAN_DESK_OFFLINE": self.offline,
+            # the feast CLI reads the profile's configuration without a -f (and a terminal that
+            # switches profiles with another `eval` switches it too)
+            "FEAST_FS_YAML_FILE_PATH": str(self.feast_config_file()),
             **spark,
         }
