@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sys
 import threading
 import time
 from datetime import UTC, datetime
@@ -157,6 +158,9 @@ def test_both_profiles_register_the_same_views(profiles):
         assert type(b.batch_source).__name__ == "SparkSource"
         assert b.batch_source.path == f"{sp.export_location()}/{name}"
         assert b.batch_source.date_partition_column == "event_month"
+
+    # Spark's Python workers run this virtualenv's interpreter, whatever `python3` is on PATH.
+    assert spark.session(sp).sparkContext.pythonExec == sys.executable
 
     # The feast CLI in a terminal, after `eval "$(loan-desk env)"` under the Spark profile, reads
     # feature_store.spark.yaml and the same definitions over the export: nothing to create or
