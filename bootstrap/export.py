@@ -293,7 +293,7 @@ def export_parquet(settings: Settings, target: Path, progress=_say) -> ExportRes
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + "-" + secrets.token_hex(3)
         tmp = parent / f"{target.name}.tmp-{stamp}"
         try:
-            tmp.mkdir()
+            tmp.mkdir(mode=0o700)  # applicants' data (dob_ssn): readable by this user only, like the database
         except OSError as exc:
             raise ExportError(f"cannot write in {parent}: {exc.strerror or exc}") from None
         t0 = time.perf_counter()

@@ -67,6 +67,7 @@ def test_export_holds_every_row_with_utc_timestamps_by_month(profiles, pg):
     _, sp = profiles
     root = Path(sp.export_location())
     assert root.is_symlink() and os.readlink(root).startswith("export.v-")
+    assert root.resolve().stat().st_mode & 0o077 == 0  # personal data: the owner's only
     manifest = json.loads((root / MANIFEST).read_text())
     keys = {"credit_history": ["dob_ssn", "event_timestamp"], "zipcode_features": ["zipcode"], "loans": ["loan_id"]}
     for table in EXPORT_TABLES:
