@@ -154,10 +154,9 @@ def readers_during_reload(n: int) -> dict:
 def decisions_during_train(n: int, trains: int = 2) -> dict:
     """Decide in a loop while ``trains`` models are trained and published; rescore every answer
     with the bundle its version names (model.bundles.check_decisions)."""
-    from model.bundles import check_decisions
-
     from bench.decision import applications
     from feast_ext.store import feature_store
+    from model.bundles import check_decisions
     from model.inference import DecisionError, DecisionService
     from model.train import train
 

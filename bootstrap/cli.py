@@ -9,6 +9,7 @@ loan-desk apply         feast apply
 loan-desk materialize   copy the latest features into Valkey (incremental, up to now)
 loan-desk train         train the model on a point-in-time-correct training set
 loan-desk models        list the trained model bundles, or go back to one
+loan-desk export        write the offline tables to Parquet (--parquet DIR) for the Spark profile
 loan-desk serve         run the Streamlit app
 """
 
@@ -144,6 +145,19 @@ def cmd_models_use(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from bootstrap.export import export_parquet
+
+    settings = _settings()
+    res = export_parquet(settings, Path(args.parquet))
+    _say(res.message)
+    if settings.offline != "spark" or settings.export_location() != str(res.target):
+        _say(
+            f"for the Spark profile: export LOAN_DESK_OFFLINE=spark LOAN_DESK_EXPORT_DIR={shlex.quote(str(res.target))}"
+        )
+    return 0
+
+
 def cmd_serve(args) -> int:
     from bootstrap.serve import serve
 
@@ -269,6 +283,10 @@ def build_parser() -> argparse.ArgumentParser:
     mp.add_argument("version", metavar="VERSION")
     mp.add_argument("--dir", type=Path, default=None, help="model folder (default .loan-desk/model)")
     mp.set_defaults(func=cmd_models_use)
+
+    sp = sub.add_parser("export", help="write the offline tables to Parquet for the Spark profile")
+    sp.add_argument("--parquet", metavar="DIR", required=True, help="folder of the export (replaced atomically)")
+    sp.set_defaults(func=cmd_export)
 
     sp = sub.add_parser("serve", help="run the Streamlit app")
     sp.add_argument("--port", type=whole_number, default=8501)

@@ -66,13 +66,15 @@ def needs_full_refresh(store, conn: object) -> bool:
     return loaded is not None and (done is None or done < loaded)
 
 
-def _write_views(settings: Settings, store, views, start, end, full: bool, step) -> None:
+def _write_views(settings: Settings, store, views, start, end, full: bool, step, guard) -> None:
     """Materialize every view through Feast (and so through the configured batch engine).
 
     A full refresh never leaves a decision without features: it overwrites every entity of
     the window first (no dedup, so the values of a replaced dataset are replaced), and only
     when every view is written removes this project's keys the refresh did not write (entities
-    no longer in the data).  If a write fails, nothing is removed.
+    no longer in the data).  If a write fails, nothing is removed.  Under the Spark profile
+    the refresh overwrites every entity of the export but removes nothing (the keys it wrote
+    are not known to Loan Desk there).
     """
     from feast_ext.engine import LoanDeskEngine, collect_keys, remove_untracked
 
@@ -88,17 +90,29 @@ def _write_views(settings: Settings, store, views, start, end, full: bool, step)
             step(f"[{i}/{len(views)}] {view}: {n:,} rows written")
 
         options = engine.run(dedup=False if full else None, track_keys=full, progress=done) if ours else None
-        with options or contextlib.nullcontext() as run:
+        with options or contextlib.nullcontext() as run, guard(fv.name):
             if full:
                 writer.materialize(start_date=start, end_date=end, feature_views=[fv.name])
             else:
                 writer.materialize_incremental(end_date=end, feature_views=[fv.name])
-        if full:
+        if full and settings.offline == "postgres":
             tracked += run.tracked if ours else [collect_keys(writer.config, fv, start, end)]
-    if full:
+    if full and settings.offline == "postgres":
         removed = remove_untracked(store.config, tracked)
         if removed:
             step(f"removed {removed:,} online rows of entities no longer in the data")
+
+
+def _spark_guard(settings: Settings):
+    """Under the Spark profile: check the export, start the Spark session Feast's engine reuses,
+    and turn a Spark failure into one sentence. A no-op for the Postgres profile."""
+    if settings.offline != "spark":
+        return lambda _view: contextlib.nullcontext()
+    from feast_ext import spark
+
+    spark.check_export(settings.export_location())
+    spark.session(settings)
+    return lambda view: spark.job_errors(f"materializing {view}")
 
 
 def materialize(
@@ -134,6 +148,7 @@ def materialize(
             t0 = time.perf_counter()
             try:
                 store = feature_store(settings)
+                guard = _spark_guard(settings)  # before anything is cleared
                 if full is None:
                     full = needs_full_refresh(store, conn)
                 start = None
@@ -144,7 +159,7 @@ def materialize(
                 if full:
                     longest = max((fv.ttl for fv in views if fv.ttl), default=None)
                     start = end - longest if longest else datetime(1970, 1, 1, tzinfo=UTC)
-                _write_views(settings, store, views, start, end, full, step)
+                _write_views(settings, store, views, start, end, full, step, guard)
                 rows = online_key_count(settings)
                 seconds = time.perf_counter() - t0
                 conn.execute(

@@ -1,8 +1,9 @@
 """Loan Desk's Feast configuration, the process's FeatureStore, and `feast apply`.
 
-The configuration is feature_repo/feature_store.yaml with its ``${VAR}`` placeholders filled
-from the settings in process (``repo_config``): nothing is written to the environment, and
-the feast CLI in a terminal reads the same file after `eval "$(uv run loan-desk env)"`.
+The configuration is feature_repo/feature_store.yaml (feature_store.spark.yaml under the Spark
+profile, LOAN_DESK_OFFLINE=spark) with its ``${VAR}`` placeholders filled from the settings in
+process (``repo_config``): nothing is written to the environment, and the feast CLI in a
+terminal reads the same file after `eval "$(uv run loan-desk env)"`.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ _store_lock = threading.Lock()
 
 
 def repo_config(settings: Settings, **changes):
-    """feature_store.yaml as a RepoConfig, its placeholders filled from ``settings``.
+    """The profile's feature_store yaml as a RepoConfig, its placeholders filled from ``settings``.
 
     ``settings.materializer == "feast"`` selects Feast's own engine (``batch_engine: local``).
     ``changes`` replace top-level entries; a dict is merged into the section it names, e.g.
@@ -30,10 +31,10 @@ def repo_config(settings: Settings, **changes):
     from feast.repo_config import RepoConfig
 
     env = settings.feast_env()
-    text = (FEATURE_REPO / "feature_store.yaml").read_text()
+    text = settings.feast_config_file().read_text()
     filled = re.sub(r"\$\{(\w+)\}", lambda m: env[m.group(1)], text)
     data = yaml.safe_load(filled)
-    if settings.materializer == "feast":
+    if settings.materializer == "feast" and settings.offline == "postgres":
         data["batch_engine"] = "local"
     for key, value in changes.items():
         section = data.get(key)
@@ -46,6 +47,11 @@ def repo_config(settings: Settings, **changes):
 @functools.lru_cache(maxsize=8)
 def _cached_store(settings: Settings):
     from feast import FeatureStore
+
+    if settings.offline == "spark":
+        from feast_ext.spark import quiet
+
+        quiet()
 
     return FeatureStore(repo_path=str(FEATURE_REPO), config=repo_config(settings))
 
@@ -72,6 +78,8 @@ def apply(settings: Settings) -> str:
     from runtime.migrations import migrate
 
     migrate(settings)  # the registry's schema
+    if settings.offline == "spark":
+        return _apply_spark(settings)
     if str(FEATURE_REPO) not in sys.path:
         sys.path.insert(0, str(FEATURE_REPO))  # feast imports the definitions as top-level modules
     # Feast applies the objects of the imported definition modules, and registering them can
@@ -89,6 +97,50 @@ def apply(settings: Settings) -> str:
     with _store_lock:
         _cached_store.cache_clear()  # the next store sees the new registry at once
     return "registered entities, feature views and feature service in the Postgres registry"
+
+
+def _apply_spark(settings: Settings) -> str:
+    """`feast apply` of the same definitions over the Parquet export: the objects come from
+    ``features.definitions`` with the settings' export folder, not from the environment, and go
+    through the same apply as the CLI's (Feast's plan, registry diff and infra update)."""
+    import importlib.util
+
+    from feast.data_source import DataSource
+    from feast.entity import Entity
+    from feast.feature_service import FeatureService
+    from feast.feature_store import FeatureStore
+    from feast.feature_view import DUMMY_ENTITY, FeatureView
+    from feast.project import Project
+    from feast.repo_contents import RepoContents
+    from feast.repo_operations import apply_total_with_repo_instance
+
+    from feast_ext.spark import check_export, quiet
+
+    quiet()
+    location = settings.export_location()
+    check_export(location)
+    # features.py as a module of its own (no sys.path or sys.modules change, fresh objects)
+    spec = importlib.util.spec_from_file_location("loan_desk_feature_definitions", FEATURE_REPO / "features.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    objects = module.definitions("spark", location)
+    repo = RepoContents(
+        projects=[Project(name=settings.project)],
+        data_sources=[o for o in objects if isinstance(o, DataSource)],
+        feature_views=[o for o in objects if isinstance(o, FeatureView)],
+        on_demand_feature_views=[],
+        stream_feature_views=[],
+        label_views=[],
+        entities=[o for o in objects if isinstance(o, Entity)] + [DUMMY_ENTITY],
+        feature_services=[o for o in objects if isinstance(o, FeatureService)],
+        permissions=[],
+    )
+    store = FeatureStore(repo_path=str(FEATURE_REPO), config=repo_config(settings))
+    # Feast's source validation would start Spark to read each schema; check_export checked the folders.
+    apply_total_with_repo_instance(store, settings.project, store.registry, repo, skip_source_validation=True)
+    with _store_lock:
+        _cached_store.cache_clear()
+    return f"registered the feature views over the Parquet export in {location} (Feast project {settings.project})"
 
 
 def project_key_suffix(settings: Settings) -> bytes:

@@ -9,6 +9,7 @@ switches the ``current`` pointer to it; earlier bundles stay for `loan-desk mode
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import sys
 import time
@@ -51,10 +52,23 @@ def _say(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
+def entity_sql(settings: Settings) -> str:
+    """The loans as the offline store reads them: the Postgres table, or under the Spark profile
+    the export's Parquet folder (Spark SQL reads it by path)."""
+    if settings.offline != "spark":
+        return ENTITY_SQL
+    from feast_ext.spark import table_path
+
+    loans = table_path(settings.export_location(), "loans")
+    return ENTITY_SQL.removesuffix("FROM loans") + f"FROM parquet.`{loans}`"
+
+
 def training_frame(store, entity_sql: str = ENTITY_SQL) -> pd.DataFrame:
     """Point-in-time join of every loan with its credit file and zipcode as of the loan date."""
     job = store.get_historical_features(entity_df=entity_sql, features=store.get_feature_service(FEATURE_SERVICE))
     df = job.to_df()
+    if df["event_timestamp"].dt.tz is None:  # Spark hands back its session time zone's wall clock: UTC
+        df["event_timestamp"] = df["event_timestamp"].dt.tz_localize("UTC")
     return df.sort_values(["event_timestamp", "loan_id"], kind="stable").reset_index(drop=True)
 
 
@@ -103,8 +117,16 @@ def train(
     ``written_to`` (the bundle's folder)."""
     out_dir = Path(out_dir or model_dir())
     params = {**PARAMS, **(params or {})}
+    guard = contextlib.nullcontext()
+    if settings.offline == "spark":
+        from feast_ext import spark
+
+        spark.check_export(settings.export_location())
+        spark.session(settings)  # Feast's Spark offline store reuses it (its start is not the join's time)
+        guard = spark.job_errors("the training set")
     t0 = time.perf_counter()
-    df = training_frame(store)
+    with guard:
+        df = training_frame(store, entity_sql(settings))
     pit_s = time.perf_counter() - t0
     if len(df) < 50:
         raise ValueError(f"only {len(df)} loans in Postgres: load data first (loan-desk load)")

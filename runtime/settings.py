@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote, urlparse
@@ -32,6 +33,10 @@ REDIS_SOCKET_TIMEOUT_S = 0.5
 REDIS_CONNECT_TIMEOUT_S = 0.5
 
 MATERIALIZERS = ("fast", "feast")
+# LOAN_DESK_OFFLINE picks the offline side of Feast: Postgres (feature_store.yaml) or Spark over
+# a Parquet export (feature_store.spark.yaml, README "Spark profile").
+OFFLINE_PROFILES = ("postgres", "spark")
+PROJECT_DEFAULT = {"postgres": "credit_scoring", "spark": "credit_scoring_spark"}
 
 # Setting any of these means "use my servers"; PGSSLMODE alone does not name a server.
 ENV_VARS = ("PGHOST", "PGPORT", "PGUSER", "PGPASSWORD", "PGDATABASE", "REDIS_URL")
@@ -108,6 +113,10 @@ class Settings:
     materializer: str = "fast"
     timeouts: Timeouts = Timeouts()
     pool_size: int = 8
+    # "postgres" or "spark" (LOAN_DESK_OFFLINE); the Spark profile reads the Parquet export in
+    # export_dir (LOAN_DESK_EXPORT_DIR, default .loan-desk/export) and is its own Feast project.
+    offline: str = "postgres"
+    export_dir: str | None = None
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -121,7 +130,13 @@ class Settings:
             port = int(env["PGPORT"])
         except ValueError as exc:
             raise ValueError(f"bad port or database number in the settings: {exc}") from None
-        project = os.environ.get("LOAN_DESK_FEAST_PROJECT") or "credit_scoring"
+        offline = (os.environ.get("LOAN_DESK_OFFLINE") or "postgres").strip().lower()
+        if offline not in OFFLINE_PROFILES:
+            raise ValueError(f"LOAN_DESK_OFFLINE must be postgres or spark, got {offline[:40]!r}")
+        export_dir = os.environ.get("LOAN_DESK_EXPORT_DIR") or None
+        if export_dir and ("`" in export_dir or "\n" in export_dir):
+            raise ValueError("LOAN_DESK_EXPORT_DIR must not contain backquotes or line breaks")
+        project = os.environ.get("LOAN_DESK_FEAST_PROJECT") or PROJECT_DEFAULT[offline]
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_]{0,62}", project):
             raise ValueError(f"LOAN_DESK_FEAST_PROJECT must be letters, digits and '_', got {project[:40]!r}")
         materializer = os.environ.get("LOAN_DESK_MATERIALIZER") or "fast"
@@ -143,7 +158,20 @@ class Settings:
             project=project,
             materializer=materializer,
             timeouts=Timeouts.from_env(),
+            offline=offline,
+            export_dir=export_dir,
         )
+
+    # --- the Spark profile -----------------------------------------------------------
+    def export_location(self) -> str:
+        """Where `loan-desk export --parquet` writes and the Spark sources read: a local folder
+        (absolute, its link not resolved: re-exports swap what it points to) or a URL (s3a://...)."""
+        raw = self.export_dir or str(home() / "export")
+        return raw.rstrip("/") if "://" in raw else os.path.abspath(raw)
+
+    def feast_config_file(self) -> Path:
+        """The Feast configuration of the offline profile."""
+        return FEATURE_REPO / ("feature_store.spark.yaml" if self.offline == "spark" else "feature_store.yaml")
 
     # --- Postgres -----------------------------------------------------------------
     def pg_kwargs(self, dbname: str | None = None) -> dict:
@@ -191,7 +219,10 @@ class Settings:
         )
 
     def feast_env(self) -> dict[str, str]:
-        """Every variable feature_repo/feature_store.yaml reads."""
+        """Every variable feature_repo/feature_store.yaml (or .spark.yaml) and features.py read."""
+        spark = {}
+        if self.offline == "spark":
+            spark = {"LOAN_DESK_EXPORT_DIR": self.export_location(), "LOAN_DESK_SPARK_PYTHON": sys.executable}
         return {
             "PGHOST": self.pghost,
             "PGPORT": str(self.pgport),
@@ -203,4 +234,9 @@ class Settings:
             "LOAN_DESK_FEAST_REDIS": self.feast_redis_connection(),
             "LOAN_DESK_REGISTRY_URL": self.registry_url(),
             "LOAN_DESK_FEAST_PROJECT": self.project,
+            "LOAN_DESK_OFFLINE": self.offline,
+            # the feast CLI reads the profile's configuration without a -f (and a terminal that
+            # switches profiles with another `eval` switches it too)
+            "FEAST_FS_YAML_FILE_PATH": str(self.feast_config_file()),
+            **spark,
         }
