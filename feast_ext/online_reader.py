@@ -88,6 +88,8 @@ class OnlineReader:
             tls = bool(getattr(self.config.online_store, "connection_string", "").count("ssl=true"))
             problem = redis_problem(exc, tls)
             if isinstance(exc, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError | OSError):
+                if problem.startswith("is not reachable"):
+                    problem = "is unreachable" + problem[len("is not reachable") :]
                 raise self._error(f"the online store (Valkey) {problem}") from None
             if isinstance(exc, redis.exceptions.ResponseError) and problem and problem.startswith("is not"):
                 problem = None  # a plain error reply, not an outage
