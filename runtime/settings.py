@@ -43,10 +43,12 @@ REDIS_SOCKET_TIMEOUT_S = 0.5
 REDIS_CONNECT_TIMEOUT_S = 0.5
 
 MATERIALIZERS = ("fast", "feast")
-# Cluster reads: attempts after the first on MOVED/ASK/TRYAGAIN/CLUSTERDOWN or a lost node (each
-# refreshes the slot map), and the pause between them.  A hung primary costs a read at most
-# (1 + REDIS_CLUSTER_RETRIES) * (socket timeout + backoff).
-REDIS_CLUSTER_RETRIES = 2
+# Cluster reads: attempts after the first on MOVED/ASK/TRYAGAIN/CLUSTERDOWN or a lost node, and
+# the pause between them.  Each failed attempt refreshes the slot map, which may itself wait one
+# socket timeout on the hung node, so a hung primary costs a read at most about
+# (1 + REDIS_CLUSTER_RETRIES) * (2 * socket timeout + backoff): 2.1 s.  One retry is enough to
+# recover on its own after a failover (the next read uses the refreshed map).
+REDIS_CLUSTER_RETRIES = 1
 REDIS_CLUSTER_BACKOFF_S = 0.05
 _SCHEMES = {"redis": False, "valkey": False, "rediss": True, "valkeys": True}
 

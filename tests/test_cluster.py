@@ -1,21 +1,18 @@
 """Loan Desk on a Valkey/Redis Cluster: settings, the whole path, failover and a hung primary.
 
 A session fixture starts a local cluster of six ``redis-server --cluster-enabled yes`` nodes
-(3 primaries + 3 replicas, ports 7301-7306 unless LOAN_DESK_CLUSTER_TEST_PORT names another
-first port) with ``cluster-node-timeout 2000`` so a failover takes seconds, and shuts every
-node down at the end.  The data lives in a database of its own (LOAN_DESK_CLUSTER_TEST_DB,
-default ``<test db>_cl``) and the model in a temporary folder, so nothing here touches the
-other tests' data or model.
+(``bench.cluster.local_cluster``: 3 primaries + 3 replicas, ports 7301-7306 unless
+LOAN_DESK_CLUSTER_TEST_PORT names another first port) with ``cluster-node-timeout 2000`` so a
+failover takes seconds, and shuts every node down (SHUTDOWN NOSAVE) at the end.
+The data lives in a database of its own (LOAN_DESK_CLUSTER_TEST_DB, default ``<test db>_cl``)
+and the model in a temporary folder, so nothing here touches the other tests' data or model.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
 import signal
-import socket
-import subprocess
 import threading
 import time
 from datetime import UTC, datetime
@@ -23,6 +20,7 @@ from datetime import UTC, datetime
 import pandas as pd
 import pytest
 
+from bench.cluster import node_pid, wait_state_ok
 from model.features import CREDIT_FEATURES, ZIPCODE_FEATURES, ZIPCODE_TEXT
 from runtime.settings import Settings, parse_redis_url
 from tests.conftest import TEST_DB, run_cli
@@ -97,79 +95,12 @@ def test_cli_refuses_a_bad_cluster_url_in_one_line():
 
 
 # --- the local cluster ----------------------------------------------------------------------------
-def _port_open(port: int) -> bool:
-    with socket.socket() as sock:
-        sock.settimeout(0.2)
-        return sock.connect_ex(("127.0.0.1", port)) == 0
-
-
-def _cli(port: int, *args: str, timeout: float = 10) -> str:
-    out = subprocess.run(
-        ["redis-cli", "-p", str(port), *args], capture_output=True, text=True, timeout=timeout, check=False
-    )
-    return out.stdout
-
-
-def _pid(directory, port: int) -> int:
-    return int((directory / f"{port}.pid").read_text().strip())
-
-
-def _wait_state_ok(ports, timeout_s: float = 30) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if all("cluster_state:ok" in _cli(p, "cluster", "info", timeout=2) for p in ports):
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"the cluster on {ports} did not reach cluster_state:ok in {timeout_s} s")
-
-
 @pytest.fixture(scope="session")
 def cluster(tmp_path_factory):
-    server = shutil.which("redis-server") or shutil.which("valkey-server")
-    cli = shutil.which("redis-cli") or shutil.which("valkey-cli")
-    assert server and cli, "redis-server/valkey-server and redis-cli are needed for the cluster tests"
-    busy = [p for p in PORTS if _port_open(p)]
-    assert not busy, f"ports {busy} are in use: stop what runs there or set LOAN_DESK_CLUSTER_TEST_PORT"
-    d = tmp_path_factory.mktemp("cluster")
-    for p in PORTS:
-        subprocess.run(
-            [server, "--port", str(p), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
-             "--cluster-config-file", str(d / f"nodes-{p}.conf"), "--cluster-node-timeout", "2000",
-             "--dir", str(d), "--save", "", "--appendonly", "no", "--daemonize", "yes",
-             "--pidfile", str(d / f"{p}.pid"), "--logfile", str(d / f"{p}.log")],
-            check=True,
-        )  # fmt: skip
-    try:
-        for p in PORTS:
-            for _ in range(100):
-                if (d / f"{p}.pid").exists() and _cli(p, "ping").strip() == "PONG":
-                    break
-                time.sleep(0.05)
-        subprocess.run(
-            [cli, "--cluster", "create", *[f"127.0.0.1:{p}" for p in PORTS]]
-            + ["--cluster-replicas", "1", "--cluster-yes"],
-            check=True,
-            capture_output=True,
-            timeout=60,
-        )
-        _wait_state_ok(PORTS)
-        yield {"dir": d, "ports": PORTS}
-    finally:
-        for p in PORTS:
-            try:
-                pid = _pid(d, p)
-                os.kill(pid, signal.SIGCONT)  # a test may have left it stopped
-            except (OSError, ValueError):
-                continue
-            _cli(p, "shutdown", "nosave", timeout=5)
-            for _ in range(50):
-                try:
-                    os.kill(pid, 0)
-                except OSError:
-                    break
-                time.sleep(0.05)
-            else:
-                os.kill(pid, signal.SIGKILL)
+    from bench.cluster import local_cluster
+
+    with local_cluster(FIRST_PORT, tmp_path_factory.mktemp("cluster"), node_timeout_ms=2000) as c:
+        yield c
 
 
 @pytest.fixture(scope="session")
@@ -393,7 +324,7 @@ def test_a_hung_primary_costs_a_caller_a_bounded_wait(cluster_backbone, cluster)
     app = _applications(cs, 1)[0]
     svc.decide(app)
     port = _owner_port(cs, _KeyEncoder("dob_ssn", ValueType.STRING, cs.project, 3)(app["dob_ssn"]))
-    pid = _pid(cluster["dir"], port)
+    pid = node_pid(cluster["dir"], port)
     os.kill(pid, signal.SIGSTOP)
     try:
         t0 = time.perf_counter()
@@ -403,10 +334,11 @@ def test_a_hung_primary_costs_a_caller_a_bounded_wait(cluster_backbone, cluster)
     finally:
         os.kill(pid, signal.SIGCONT)
     assert b"\\x" not in str(info.value).encode() and "HMGET" not in str(info.value)
-    budget = (1 + REDIS_CLUSTER_RETRIES) * (REDIS_SOCKET_TIMEOUT_S + REDIS_CLUSTER_BACKOFF_S)
+    # each attempt: a read that times out, then a slot-map refresh that may time out on the same node
+    budget = (1 + REDIS_CLUSTER_RETRIES) * (2 * REDIS_SOCKET_TIMEOUT_S + REDIS_CLUSTER_BACKOFF_S)
     print(f"\nhung primary: the caller waited {waited:.2f} s (budget {budget:.2f} s): {info.value}")
-    assert waited < 2 * budget + 1.0  # generous: slot-map refreshes add connect attempts
-    _wait_state_ok(cluster["ports"])
+    assert waited < budget + 1.5  # generous: a busy machine
+    wait_state_ok(cluster["ports"])
     deadline = time.monotonic() + 20
     while True:  # back without restarting anything
         try:
@@ -452,7 +384,7 @@ def test_decisions_resume_after_a_primary_dies(cluster_backbone, cluster):
         time.sleep(0.5)
         assert events and all(ok for _, ok in events), "decisions failed before the fault"
         killed_at = time.monotonic()
-        os.kill(_pid(cluster["dir"], victim), signal.SIGKILL)
+        os.kill(node_pid(cluster["dir"], victim), signal.SIGKILL)
         deadline = killed_at + 30
         while time.monotonic() < deadline:
             after = [(ts, ok) for ts, ok in events if ts > killed_at]
