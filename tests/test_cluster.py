@@ -288,6 +288,39 @@ def test_full_refresh_removes_stale_keys_on_every_node(cluster_backbone):
         client.close()
 
 
+def test_the_writer_follows_moved_after_refreshing_its_slot_map(cluster_backbone, caplog):
+    """A stale slot map (every key's slot pointed at a wrong primary): the nodes answer MOVED,
+    the writer refreshes the map and sends the chunk again; every key ends up written once."""
+    from feast.value_type import ValueType
+    from redis.crc import key_slot
+
+    from feast_ext.engine import _bulk, _ClusterSink, _KeyEncoder, unlink_keys
+
+    cs = cluster_backbone["settings"]
+    key_of = _KeyEncoder("dob_ssn", ValueType.STRING, cs.project, 3)
+    keys = [key_of(f"19990101_{i:04d}") for i in range(40)]
+    client = cs.redis_client(socket_timeout=5)
+    try:
+        nodes = client.nodes_manager
+        primaries = client.get_primaries()
+        for k in keys:
+            slot = key_slot(k)
+            right = nodes.slots_cache[slot][0]
+            wrong = next(p for p in primaries if p.name != right.name)
+            nodes.slots_cache[slot] = [wrong, *nodes.slots_cache[slot][1:]]
+        sink = _ClusterSink(client)
+        commands = [b"*4\r\n$4\r\nHSET\r\n" + _bulk(k) + _bulk(b"f") + _bulk(b"v") for k in keys]
+        with caplog.at_level("WARNING", logger="feast_ext.engine"):
+            replies = sink.send(keys, commands, 1)
+        sink.close()
+        assert "MOVED" in caplog.text  # it did meet the redirection
+        assert replies == [1] * len(keys)
+        assert all(client.hget(k, b"f") == b"v" for k in keys)
+        assert unlink_keys(client, keys) == len(keys)
+    finally:
+        client.close()
+
+
 def test_service_errors_are_one_sentence(cs):
     from runtime.health import valkey
 
