@@ -71,12 +71,10 @@ def ensure_data(applicants: int, materialized: bool = False, trained: bool = Fal
         apply(s)
         store = feature_store(s)
     if materialized:
-        import redis
-
         from feast_ext.store import online_key_count
 
         # The benchmark data sets share one Redis db: a marker says whose rows are in it.
-        r = redis.Redis.from_url(s.redis_url)
+        r = s.redis_client(socket_timeout=30)
         marker = r.get(ONLINE_MARKER)
         stale = any(e is None for _, e in materialization_state(store).values()) or not online_key_count(s)
         if changed or stale or marker != s.pgdatabase.encode():
@@ -128,9 +126,7 @@ def versions() -> dict:
 
         with psycopg.connect(**Settings.from_env().pg_kwargs()) as conn:
             out["postgres"] = conn.execute("SHOW server_version").fetchone()[0]
-        import redis
-
-        out["redis_server"] = redis.Redis.from_url(Settings.from_env().redis_url).info("server")["redis_version"]
+        out["redis_server"] = Settings.from_env().redis_client().info("server")["redis_version"]
     except Exception:
         pass
     return out

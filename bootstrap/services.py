@@ -21,6 +21,7 @@ from pathlib import Path
 import psycopg
 import redis
 
+from runtime.errors import redis_problem
 from runtime.settings import Settings, any_env_set, home
 
 
@@ -218,13 +219,18 @@ def stop_embedded_valkey() -> bool:
 
 def ping_valkey(s: Settings) -> None:
     try:
-        redis.Redis.from_url(s.redis_url, socket_timeout=1, socket_connect_timeout=1).ping()
-    except redis.RedisError as exc:
-        raise ServiceError(f"Valkey at {s.redis_where} is not reachable: {exc}") from None
+        client = s.redis_client(socket_timeout=1, socket_connect_timeout=1)
+        try:
+            client.ping()
+        finally:
+            client.close()
+    except (redis.RedisError, redis.exceptions.RedisClusterException, OSError) as exc:
+        problem = redis_problem(exc, s.redis_tls) or f"failed: {exc}"
+        raise ServiceError(f"Valkey at {s.redis_where} {problem}") from None
 
 
 def ensure_valkey(s: Settings, allow_embedded: bool) -> str:
-    default = s.redis_host in ("127.0.0.1", "localhost") and s.redis_port == 6379
+    default = s.redis_host in ("127.0.0.1", "localhost") and s.redis_port == 6379 and not s.redis_cluster
     state = "external"
     if allow_embedded and default and not _port_open(s.redis_host, s.redis_port):
         state = start_embedded_valkey(s)

@@ -21,12 +21,16 @@ pipeline: most of its time is Python object churn, not I/O.  For each task this 
   against ``serialize_entity_key`` (other entity types use Feast's function row by row);
 * writes raw Redis protocol: one ``HSET key _ts:<view> ts <mmh3(field)> value ...`` per entity
   (plus ``EXPIRE`` when ``key_ttl_seconds`` is set), pipelined in chunks on one connection;
+  on a Valkey/Redis Cluster (``redis_type: redis_cluster``) a chunk's keys are grouped by hash
+  slot into one pipeline per primary, and a chunk is sent again after a ``MOVED``/``ASK``/
+  ``TRYAGAIN``/``CLUSTERDOWN`` reply or a lost node, once the slot map is refreshed (HSET of
+  the same values is idempotent);
 * applies Feast's dedup rule unless ``online_store.skip_dedup`` is set or the caller asks to
   overwrite (``engine.run(dedup=False)``): a row is skipped when the stored ``_ts:<view>`` is
   the same instant or newer.
 
 Postgres comes from ``repo_config.offline_store``, Redis from ``repo_config.online_store``.
-What it cannot serve (another offline store or source type, a Redis cluster or sentinel,
+What it cannot serve (another offline store or source type, a Redis sentinel,
 several join keys, transformations, views that also write offline) fails the task with
 ``WriterUnsupported``, saying to use Feast's engine; nothing is written then.
 
@@ -62,7 +66,7 @@ _USE_FEAST = "use Feast's own engine for it (`batch_engine: local`, or LOAN_DESK
 
 
 class WriterUnsupported(RuntimeError):
-    """The configuration or view needs Feast's own engine (e.g. a Redis cluster)."""
+    """The configuration or view needs Feast's own engine (e.g. a Redis sentinel)."""
 
 
 @dataclass
@@ -234,10 +238,15 @@ def check_config(config) -> None:
             f"the Loan Desk engine reads a PostgreSQL offline store, not {config.offline_store.type!r}: {_USE_FEAST}"
         )
     online = config.online_store
-    if not isinstance(online, RedisOnlineStoreConfig) or online.redis_type != RedisType.redis:
+    if not isinstance(online, RedisOnlineStoreConfig) or online.redis_type not in (
+        RedisType.redis,
+        RedisType.redis_cluster,
+    ):
         kind = getattr(online, "redis_type", None) or getattr(online, "type", type(online).__name__)
         kind = getattr(kind, "value", kind)
-        raise WriterUnsupported(f"the Loan Desk engine writes to one Redis/Valkey server, not {kind}: {_USE_FEAST}")
+        raise WriterUnsupported(
+            f"the Loan Desk engine writes to one Redis/Valkey server or a cluster, not {kind}: {_USE_FEAST}"
+        )
     if config.entity_key_serialization_version < 3:
         raise WriterUnsupported(f"entity_key_serialization_version must be 3 for the Loan Desk engine: {_USE_FEAST}")
 
@@ -390,22 +399,171 @@ class _RawPipe:
         if error:
             import redis
 
-            raise redis.exceptions.ResponseError(str(error))
+            text = str(error)
+            if _REDIRECT.match(text):
+                raise _ClusterMoved(text.split(" ")[0])
+            raise redis.exceptions.ResponseError(text)
         return out
 
-    def close(self) -> None:
+    def close(self, broken: bool = False) -> None:
+        if broken:  # replies may be left unread: never hand this connection to anyone else
+            self._conn.disconnect()
         self._client.connection_pool.release(self._conn)
+
+
+_REDIRECT = __import__("re").compile(r"^(MOVED|ASK|TRYAGAIN|CLUSTERDOWN|MASTERDOWN)\b")
+CLUSTER_WRITE_ATTEMPTS = 8  # a chunk's tries on a cluster; the pauses add up to about 10 s
+_MAX_PAUSE_S = 2.0
+
+
+class _ClusterMoved(RuntimeError):
+    """A node answered that the slot is elsewhere or the cluster is changing: refresh, send again."""
+
+
+class _SingleSink:
+    """Commands for one server: one pipelined round trip per chunk."""
+
+    def __init__(self, client):
+        self._pipe = _RawPipe(client)
+
+    def send(self, keys: list[bytes], commands: list[bytes], per: int) -> list:
+        """``commands[i]`` (``per`` replies each) is about ``keys[i]``; the first reply of each, in order."""
+        replies = self._pipe.send(b"".join(commands), len(commands) * per)
+        return replies[::per] if per > 1 else replies
+
+    def close(self) -> None:
+        self._pipe.close()
+
+
+class _ClusterSink:
+    """Commands for a cluster: a chunk's keys grouped by hash slot into one raw pipeline per primary.
+
+    On a redirect or a lost node the pipelines are dropped, the slot map is refreshed and the
+    whole chunk is sent again (HSET/HMGET/EXPIRE are idempotent), at most
+    ``CLUSTER_WRITE_ATTEMPTS`` times with growing pauses; then the error is raised.
+    """
+
+    def __init__(self, client, attempts: int = CLUSTER_WRITE_ATTEMPTS):
+        from redis.crc import key_slot
+
+        self._client = client
+        self._slot = key_slot
+        self._pipes: dict[str, _RawPipe] = {}
+        self._attempts = attempts
+
+    def _groups(self, keys: list[bytes]) -> dict[str, tuple[object, list[int]]]:
+        nodes = self._client.nodes_manager
+        groups: dict[str, tuple[object, list[int]]] = {}
+        by_slot: dict[int, object] = {}
+        for i, k in enumerate(keys):
+            slot = self._slot(k)
+            node = by_slot.get(slot)
+            if node is None:
+                node = by_slot[slot] = nodes.get_node_from_slot(slot)
+            entry = groups.get(node.name)
+            if entry is None:
+                entry = groups[node.name] = (node, [])
+            entry[1].append(i)
+        return groups
+
+    def _pipe(self, node) -> _RawPipe:
+        pipe = self._pipes.get(node.name)
+        if pipe is None:
+            pipe = self._pipes[node.name] = _RawPipe(self._client.get_redis_connection(node))
+        return pipe
+
+    def send(self, keys: list[bytes], commands: list[bytes], per: int) -> list:
+        import redis
+
+        for attempt in range(self._attempts):
+            try:
+                out: list = [None] * len(keys)
+                for node, idx in self._groups(keys).values():
+                    replies = self._pipe(node).send(b"".join([commands[i] for i in idx]), len(idx) * per)
+                    for j, i in enumerate(idx):
+                        out[i] = replies[j * per]
+                return out
+            except (_ClusterMoved, redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
+                self._drop(broken=True)
+                if attempt + 1 == self._attempts:
+                    raise redis.exceptions.ConnectionError(
+                        f"the cluster did not settle after {self._attempts} tries ({type(exc).__name__}: "
+                        f"{str(exc)[:120]}); nothing is lost: run the materialization again"
+                    ) from None
+                log.warning("cluster write: %s; refreshing the slot map and sending the chunk again", exc)
+                time.sleep(min(_MAX_PAUSE_S, 0.1 * 2**attempt))
+                with contextlib.suppress(Exception):
+                    self._client.nodes_manager.initialize()
+        raise AssertionError("unreachable")
+
+    def _drop(self, broken: bool = False) -> None:
+        for pipe in self._pipes.values():
+            with contextlib.suppress(Exception):
+                pipe.close(broken=broken)
+        self._pipes.clear()
+
+    def close(self) -> None:
+        self._drop()
+
+
+def _sink(client):
+    from redis.cluster import RedisCluster
+
+    return _ClusterSink(client) if isinstance(client, RedisCluster) else _SingleSink(client)
+
+
+def scan_primaries(client, match: bytes, count: int = 10_000):
+    """Every key matching ``match`` on one server, or on every primary of a cluster (a SCAN each)."""
+    from redis.cluster import RedisCluster
+
+    if not isinstance(client, RedisCluster):
+        yield from client.scan_iter(match=match, count=count)
+        return
+    for node in client.get_primaries():
+        yield from client.get_redis_connection(node).scan_iter(match=match, count=count)
+
+
+def unlink_keys(client, keys, batch: int = 10_000) -> int:
+    """UNLINK ``keys`` in batches; on a cluster each key on its own (one slot per command,
+    never CROSSSLOT), sent through redis-py's cluster pipeline: one round trip per node."""
+    from redis.cluster import RedisCluster
+
+    cluster = isinstance(client, RedisCluster)
+    deleted, pending = 0, []
+
+    def flush() -> int:
+        if not pending:
+            return 0
+        if not cluster:
+            n = client.unlink(*pending)
+        else:
+            with client.pipeline() as pipe:
+                for k in pending:
+                    pipe.unlink(k)
+                n = sum(pipe.execute())
+        pending.clear()
+        return n
+
+    for key in keys:
+        pending.append(key)
+        if len(pending) >= batch:
+            deleted += flush()
+    return deleted + flush()
 
 
 def redis_client_for(config, timeout_s: float = 60.0):
     """A redis-py client from Feast's connection string, with timeouts fit for bulk writes."""
-    from feast.infra.online_stores.redis import RedisOnlineStore
+    from feast.infra.online_stores.redis import RedisOnlineStore, RedisType
     from redis import Redis
+    from redis.cluster import ClusterNode, RedisCluster
 
     check_config(config)
     nodes, kwargs = RedisOnlineStore._parse_connection_string(config.online_store.connection_string)
-    kwargs.update(host=nodes[0]["host"], port=int(nodes[0]["port"]), socket_timeout=timeout_s)
+    kwargs["socket_timeout"] = timeout_s
     kwargs["socket_connect_timeout"] = max(float(kwargs.get("socket_connect_timeout") or 0), 5.0)
+    if config.online_store.redis_type == RedisType.redis_cluster:
+        return RedisCluster(startup_nodes=[ClusterNode(n["host"], int(n["port"])) for n in nodes], **kwargs)
+    kwargs.update(host=nodes[0]["host"], port=int(nodes[0]["port"]))
     return Redis(**kwargs)
 
 
@@ -462,7 +620,7 @@ def write_view(
         enc = ts_cache[us] = _bulk(_timestamp_bytes(us))
         return enc
 
-    pipe = _RawPipe(client)
+    pipe = _sink(client)
     pulled = written = 0
     with contextlib.ExitStack() as stack:
         stack.callback(pipe.close)
@@ -478,8 +636,8 @@ def write_view(
                 keys_out.update(keys)
             stamps = cols[-1]
             if dedup:  # Feast's rule: skip when the stored timestamp is the same instant or newer
-                probe = b"".join(b"*3\r\n$5\r\nHMGET\r\n%b%b" % (_bulk(k), ts_field_bulk) for k in keys)
-                stored = pipe.send(probe, len(keys))
+                probes = [b"*3\r\n$5\r\nHMGET\r\n%b%b" % (_bulk(k), ts_field_bulk) for k in keys]
+                stored = pipe.send(keys, probes, 1)
                 keep = [i for i, prev in enumerate(stored) if prev[0] is None or _ts_us(prev[0]) < stamps[i]]
                 if len(keep) < len(keys):
                     keys = [keys[i] for i in keep]
@@ -496,7 +654,7 @@ def write_view(
             commands = [row_fmt % t for t in zip(*parts, strict=True)]
             if ttl:
                 commands = [c + expire_cmd + kb + expire for c, kb in zip(commands, key_bulks, strict=True)]
-            pipe.send(b"".join(commands), len(commands) * per_row_replies)
+            pipe.send(keys, commands, per_row_replies)
             written += len(commands)
             if progress:
                 progress(fv.name, pulled)
@@ -567,14 +725,11 @@ def remove_untracked(config, tracked: list[TrackedKeys]) -> int:
     held = set().union(*(t.keys for t in tracked))
     removed, batch = 0, []
     try:
-        for key in client.scan_iter(match=b"*" + config.project.encode(), count=10_000):
+        # Collected first, then unlinked: a SCAN per primary of a cluster, UNLINK never across slots.
+        for key in scan_primaries(client, b"*" + config.project.encode()):
             if key not in held and is_project_key(key, config.project):
                 batch.append(key)
-                if len(batch) >= 10_000:
-                    removed += client.unlink(*batch)
-                    batch = []
-        if batch:
-            removed += client.unlink(*batch)
+        removed = unlink_keys(client, batch)
         groups: dict[tuple[str, ...], list[TrackedKeys]] = {}
         for t in tracked:
             groups.setdefault(t.join_keys, []).append(t)
@@ -582,7 +737,7 @@ def remove_untracked(config, tracked: list[TrackedKeys]) -> int:
             if len(views) < 2:
                 continue
             shared = set().union(*(v.keys for v in views))
-            with client.pipeline(transaction=False) as pipe:
+            with client.pipeline() as pipe:  # per key: routed by slot on a cluster
                 for v in views:
                     for key in shared - v.keys:
                         pipe.hdel(key, *v.fields)

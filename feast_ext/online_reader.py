@@ -6,6 +6,14 @@ builds the keys, the hash field names (``_versioned_fv_name``: with the registry
 the HMGETs with the socket timeouts of the connection string, and decodes the values.
 ``FeatureStore.get_online_features`` does the same plus generic request handling that costs
 about a millisecond per call; the tests check that both agree, with versioning on and off.
+
+On a Valkey/Redis Cluster (``redis_type: redis_cluster``) Feast's client is redis-py's
+``RedisCluster``: the keys of one read usually live on different nodes, and its non-transactional
+pipeline sends each HMGET to the primary owning the key's slot (one round trip per node, in
+parallel), following MOVED/ASK and refreshing its slot map.  Redirections that do not settle,
+a cluster that is down, or a node that does not answer within the socket timeout (after a bounded
+number of retries, ``runtime.settings.REDIS_CLUSTER_RETRIES``) raise ``error`` with a readable
+sentence; key bytes never appear in it.
 """
 
 from __future__ import annotations
@@ -71,13 +79,23 @@ class OnlineReader:
             (self._key(join_key, attr, vt, value), fields)
             for (join_key, attr, vt, _, _, fields), value in zip(self._plan, entity_values, strict=True)
         ]
-        self._prepare_client()
         try:
+            self._prepare_client()
             replies = self.online._read_hash_fields(self.config, commands)
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
-            raise self._error(f"the online store (Valkey) is unreachable: {exc}") from None
-        except redis.exceptions.RedisError as exc:
-            raise self._error(f"the online store (Valkey) answered with an error: {exc}") from None
+        except (redis.exceptions.RedisError, redis.exceptions.RedisClusterException, OSError) as exc:
+            from runtime.errors import redis_problem
+
+            tls = bool(getattr(self.config.online_store, "connection_string", "").count("ssl=true"))
+            problem = redis_problem(exc, tls)
+            if isinstance(exc, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError | OSError):
+                if problem.startswith("is not reachable"):
+                    problem = "is unreachable" + problem[len("is not reachable") :]
+                raise self._error(f"the online store (Valkey) {problem}") from None
+            if isinstance(exc, redis.exceptions.ResponseError) and problem and problem.startswith("is not"):
+                problem = None  # a plain error reply, not an outage
+            raise self._error(
+                f"the online store (Valkey) {problem or 'answered with an error: ' + _clean(exc)}"
+            ) from None
         out = []
         for (_, _, _, stored_as, requested, _), values in zip(self._plan, replies, strict=True):
             if values[-1] is None:  # no timestamp field: Feast never wrote this entity
@@ -94,11 +112,28 @@ class OnlineReader:
     def _prepare_client(self) -> None:
         """At most one quick retry: redis-py's default (3 retries with seconds of backoff) would
         hold a decision for several seconds on a hung Valkey.  One retry still reconnects
-        transparently after Valkey restarts, so the service recovers without a restart."""
+        transparently after Valkey restarts, so the service recovers without a restart.
+
+        A cluster client gets ``REDIS_CLUSTER_RETRIES`` retries with a short constant pause: each
+        refreshes the slot map, which is what lets reads resume on their own after a failover."""
         client = self.online._get_client(self.config.online_store)
         if client is not self._configured:
-            from redis.backoff import NoBackoff
+            from redis.backoff import ConstantBackoff, NoBackoff
+            from redis.cluster import RedisCluster
             from redis.retry import Retry
 
-            client.set_retry(Retry(NoBackoff(), 1))
+            from runtime.settings import REDIS_CLUSTER_BACKOFF_S, REDIS_CLUSTER_RETRIES
+
+            if isinstance(client, RedisCluster):
+                client.set_retry(Retry(ConstantBackoff(REDIS_CLUSTER_BACKOFF_S), REDIS_CLUSTER_RETRIES))
+            else:
+                client.set_retry(Retry(NoBackoff(), 1))
             self._configured = client
+
+
+def _clean(exc: BaseException) -> str:
+    """The error's first line without the pipeline command redis-py quotes (it holds key bytes)."""
+    import re
+
+    text = re.sub(r"Command # ?\d+ \(.*?\) of pipeline caused error: ", "", str(exc), flags=re.S).strip()
+    return (text.splitlines() or [type(exc).__name__])[0][:200]

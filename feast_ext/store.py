@@ -149,32 +149,31 @@ def project_key_suffix(settings: Settings) -> bytes:
 
 
 def _project_keys(settings: Settings):
-    """(client, iterator over this project's online keys): a SCAN, about 1 s per million keys;
-    other keys sharing the Redis db (another project's, whatever its name ends with) are left out."""
-    import redis
+    """(client, iterator over this project's online keys): a SCAN (of every primary of a
+    cluster), about 1 s per million keys; other keys sharing the Redis db (another project's,
+    whatever its name ends with) are left out."""
+    from feast_ext.engine import is_project_key, scan_primaries
 
-    from feast_ext.engine import is_project_key
-
-    r = redis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=2)
-    keys = r.scan_iter(match=b"*" + project_key_suffix(settings), count=10_000)
+    r = settings.redis_client(socket_timeout=5, socket_connect_timeout=2)
+    keys = scan_primaries(r, b"*" + project_key_suffix(settings))
     return r, (k for k in keys if is_project_key(k, settings.project))
 
 
 def online_key_count(settings: Settings) -> int:
     """Entities of this project online."""
-    _, keys = _project_keys(settings)
-    return sum(1 for _ in keys)
+    r, keys = _project_keys(settings)
+    try:
+        return sum(1 for _ in keys)
+    finally:
+        r.close()
 
 
 def clear_online(settings: Settings) -> int:
     """Drop every online row of this project, nothing else in the Redis db."""
+    from feast_ext.engine import unlink_keys
+
     r, keys = _project_keys(settings)
-    deleted, batch = 0, []
-    for key in keys:
-        batch.append(key)
-        if len(batch) >= 10_000:
-            deleted += r.unlink(*batch)
-            batch = []
-    if batch:
-        deleted += r.unlink(*batch)
-    return deleted
+    try:
+        return unlink_keys(r, keys)
+    finally:
+        r.close()

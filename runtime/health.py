@@ -9,8 +9,9 @@ from __future__ import annotations
 import threading
 
 from runtime import db
+from runtime.errors import redis_problem
 from runtime.migrations import SchemaMissing
-from runtime.settings import REDIS_CONNECT_TIMEOUT_S, REDIS_SOCKET_TIMEOUT_S, Settings
+from runtime.settings import Settings
 
 _clients: dict[str, object] = {}
 _clients_lock = threading.Lock()
@@ -34,15 +35,20 @@ def valkey(settings: Settings) -> str | None:
     with _clients_lock:
         client = _clients.get(key)
         if client is None:
-            client = redis.Redis.from_url(
-                key, socket_timeout=REDIS_SOCKET_TIMEOUT_S, socket_connect_timeout=REDIS_CONNECT_TIMEOUT_S
-            )
+            try:
+                client = settings.redis_client()
+            except Exception as exc:  # a cluster client asks its seed nodes for the slot map at once
+                return _valkey_problem(settings, exc)
             _clients[key] = client
     try:
         client.ping()
-    except (redis.exceptions.RedisError, OSError) as exc:
-        return f"Valkey at {settings.redis_where} is not reachable ({_first_line(exc)})"
+    except (redis.exceptions.RedisError, redis.exceptions.RedisClusterException, OSError) as exc:
+        return _valkey_problem(settings, exc)
     return None
+
+
+def _valkey_problem(settings: Settings, exc: BaseException) -> str:
+    return f"Valkey at {settings.redis_where} {redis_problem(exc, settings.redis_tls) or 'failed: ' + _first_line(exc)}"
 
 
 def unavailable(exc: BaseException, settings: Settings) -> str | None:

@@ -2,9 +2,20 @@
 
 Postgres is configured through the standard libpq variables (PGHOST, PGPORT, PGUSER,
 PGPASSWORD, PGDATABASE, PGSSLMODE) and Valkey through REDIS_URL.  The defaults match
-docker-compose.yml.  Nothing here writes the environment: ``feast_env`` only returns the
-variables that feature_repo/feature_store.yaml reads, for `loan-desk env` (the feast CLI in
-another terminal) and for the Feast configuration built in process (feast_ext.store).
+docker-compose.yml.  REDIS_URL forms:
+
+* ``redis://[[user]:password@]host:port/db`` (or ``valkey://``): one server;
+* ``rediss://...`` (or ``valkeys://``): the same over TLS, for managed services;
+* ``redis+cluster://[[user]:password@]host:port[,host:port...]`` (also ``rediss+cluster://``,
+  ``valkey+cluster://``, ``valkeys+cluster://``): a Valkey/Redis Cluster, given by one or more
+  seed nodes (the client discovers the rest).  ``LOAN_DESK_REDIS_CLUSTER=1`` with a plain
+  ``redis://`` URL means the same.  A cluster has no database numbers: a ``/db`` other than 0
+  is refused.  Nothing is detected by asking the server: the URL says what it is, so a
+  misconfiguration fails at start with one sentence instead of halfway through a write.
+
+Nothing here writes the environment: ``feast_env`` only returns the variables that
+feature_repo/feature_store.yaml reads, for `loan-desk env` (the feast CLI in another terminal)
+and for the Feast configuration built in process (feast_ext.store).
 """
 
 from __future__ import annotations
@@ -14,7 +25,7 @@ import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import quote, urlparse
+from urllib.parse import quote, unquote
 
 ROOT = Path(__file__).resolve().parent.parent
 FEATURE_REPO = ROOT / "feature_repo"
@@ -37,6 +48,14 @@ MATERIALIZERS = ("fast", "feast")
 # a Parquet export (feature_store.spark.yaml, README "Spark profile").
 OFFLINE_PROFILES = ("postgres", "spark")
 PROJECT_DEFAULT = {"postgres": "credit_scoring", "spark": "credit_scoring_spark"}
+# Cluster reads: attempts after the first on MOVED/ASK/TRYAGAIN/CLUSTERDOWN or a lost node, and
+# the pause between them.  Each failed attempt refreshes the slot map, which may itself wait one
+# socket timeout on the hung node, so a hung primary costs a read at most about
+# (1 + REDIS_CLUSTER_RETRIES) * (2 * socket timeout + backoff): 2.1 s.  One retry is enough to
+# recover on its own after a failover (the next read uses the refreshed map).
+REDIS_CLUSTER_RETRIES = 1
+REDIS_CLUSTER_BACKOFF_S = 0.05
+_SCHEMES = {"redis": False, "valkey": False, "rediss": True, "valkeys": True}
 
 # Setting any of these means "use my servers"; PGSSLMODE alone does not name a server.
 ENV_VARS = ("PGHOST", "PGPORT", "PGUSER", "PGPASSWORD", "PGDATABASE", "REDIS_URL")
@@ -117,16 +136,19 @@ class Settings:
     # export_dir (LOAN_DESK_EXPORT_DIR, default .loan-desk/export) and is its own Feast project.
     offline: str = "postgres"
     export_dir: str | None = None
+    # Valkey/Redis Cluster (REDIS_URL redis+cluster://... or LOAN_DESK_REDIS_CLUSTER=1): the seed
+    # nodes; redis_host/redis_port are the first of them.
+    redis_cluster: bool = False
+    redis_nodes: tuple[tuple[str, int], ...] = ()
+    redis_tls: bool = False
+    redis_username: str | None = None
 
     @classmethod
     def from_env(cls) -> Settings:
         env = {k: os.environ.get(k) or v for k, v in PG_DEFAULTS.items()}
         url = os.environ.get("REDIS_URL") or REDIS_DEFAULT
-        parsed = urlparse(url)
-        if parsed.scheme not in ("redis", "valkey") or not parsed.hostname:
-            raise ValueError(f"REDIS_URL must look like redis://host:port/db, got {url!r}")
+        redis = parse_redis_url(url, cluster=os.environ.get("LOAN_DESK_REDIS_CLUSTER", "") in ("1", "true", "yes"))
         try:
-            db = int((parsed.path or "/0").strip("/") or 0)
             port = int(env["PGPORT"])
         except ValueError as exc:
             raise ValueError(f"bad port or database number in the settings: {exc}") from None
@@ -151,15 +173,12 @@ class Settings:
             pgpassword=env["PGPASSWORD"],
             pgdatabase=env["PGDATABASE"],
             pgsslmode=env["PGSSLMODE"],
-            redis_host=parsed.hostname,
-            redis_port=parsed.port or 6379,
-            redis_db=db,
-            redis_password=parsed.password,
             project=project,
             materializer=materializer,
             timeouts=Timeouts.from_env(),
             offline=offline,
             export_dir=export_dir,
+            **redis,
         )
 
     # --- the Spark profile -----------------------------------------------------------
@@ -191,22 +210,72 @@ class Settings:
 
     # --- Valkey -------------------------------------------------------------------
     @property
+    def redis_seeds(self) -> tuple[tuple[str, int], ...]:
+        return self.redis_nodes or ((self.redis_host, self.redis_port),)
+
+    @property
+    def redis_type(self) -> str:
+        """Feast's ``online_store.redis_type``."""
+        return "redis_cluster" if self.redis_cluster else "redis"
+
+    def _redis_url(self, with_auth: bool) -> str:
+        scheme = ("rediss" if self.redis_tls else "redis") + ("+cluster" if self.redis_cluster else "")
+        auth = ""
+        if with_auth and (self.redis_password or self.redis_username):
+            user = quote(self.redis_username or "", safe="")
+            auth = f"{user}:{quote(self.redis_password or '', safe='')}@"
+        hosts = ",".join(f"{_host(h)}:{p}" for h, p in self.redis_seeds)
+        return f"{scheme}://{auth}{hosts}" + ("" if self.redis_cluster else f"/{self.redis_db}")
+
+    @property
     def redis_url(self) -> str:
-        auth = f":{quote(self.redis_password)}@" if self.redis_password else ""
-        return f"redis://{auth}{self.redis_host}:{self.redis_port}/{self.redis_db}"
+        return self._redis_url(with_auth=True)
 
     @property
     def redis_where(self) -> str:
-        return f"redis://{self.redis_host}:{self.redis_port}/{self.redis_db}"
+        """Where Valkey is, for messages (never the password)."""
+        return self._redis_url(with_auth=False)
+
+    def redis_kwargs(self) -> dict:
+        """redis-py connection arguments shared by every client (timeouts always set)."""
+        kw: dict = {"socket_timeout": REDIS_SOCKET_TIMEOUT_S, "socket_connect_timeout": REDIS_CONNECT_TIMEOUT_S}
+        if self.redis_password:
+            kw["password"] = self.redis_password
+        if self.redis_username:
+            kw["username"] = self.redis_username
+        if self.redis_tls:
+            kw["ssl"] = True
+        return kw
+
+    def redis_client(self, **overrides):
+        """A redis-py client for these settings: ``RedisCluster`` for a cluster (slot-aware,
+        refreshing its slot map on MOVED), else ``Redis`` on db ``redis_db``.  ``overrides``
+        replace connection arguments (e.g. a longer ``socket_timeout`` for bulk work)."""
+        import redis
+        from redis.cluster import ClusterNode, RedisCluster
+
+        kw = {**self.redis_kwargs(), **overrides}
+        if self.redis_cluster:
+            from redis.backoff import ConstantBackoff
+            from redis.retry import Retry
+
+            kw.setdefault("retry", Retry(ConstantBackoff(REDIS_CLUSTER_BACKOFF_S), REDIS_CLUSTER_RETRIES))
+            return RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in self.redis_seeds], **kw)
+        return redis.Redis(host=self.redis_host, port=self.redis_port, db=self.redis_db, **kw)
 
     def feast_redis_connection(self) -> str:
-        """Feast's own connection-string format: host:port,key=value,..."""
-        parts = [
-            f"{self.redis_host}:{self.redis_port}",
-            f"db={self.redis_db}",
-            f"socket_timeout={REDIS_SOCKET_TIMEOUT_S}",
-            f"socket_connect_timeout={REDIS_CONNECT_TIMEOUT_S}",
-        ]
+        """Feast's own connection-string format: host:port[,host:port...],key=value,...
+
+        A cluster lists its seed nodes and carries no ``db`` (Feast builds a RedisCluster from
+        ``redis_type: redis_cluster``); TLS adds ``ssl=true``."""
+        parts = [f"{h}:{p}" for h, p in self.redis_seeds]
+        if not self.redis_cluster:
+            parts.append(f"db={self.redis_db}")
+        parts += [f"socket_timeout={REDIS_SOCKET_TIMEOUT_S}", f"socket_connect_timeout={REDIS_CONNECT_TIMEOUT_S}"]
+        if self.redis_tls:
+            parts.append("ssl=true")
+        if self.redis_username:
+            parts.append(f"username={self.redis_username}")
         if self.redis_password:
             parts.append(f"password={self.redis_password}")
         return ",".join(parts)
@@ -232,6 +301,7 @@ class Settings:
             "PGSSLMODE": self.pgsslmode,
             "REDIS_URL": self.redis_url,
             "LOAN_DESK_FEAST_REDIS": self.feast_redis_connection(),
+            "LOAN_DESK_REDIS_TYPE": self.redis_type,
             "LOAN_DESK_REGISTRY_URL": self.registry_url(),
             "LOAN_DESK_FEAST_PROJECT": self.project,
             "LOAN_DESK_OFFLINE": self.offline,
@@ -240,3 +310,60 @@ class Settings:
             "FEAST_FS_YAML_FILE_PATH": str(self.feast_config_file()),
             **spark,
         }
+
+
+def _host(h: str) -> str:
+    return f"[{h}]" if ":" in h else h
+
+
+def parse_redis_url(url: str, cluster: bool = False) -> dict:
+    """REDIS_URL → the Settings fields that describe Valkey (see the module's docstring)."""
+    shown = re.sub(r"//[^@/]*@", "//***@", url)[:120]  # never echo a password
+    usage = (
+        "REDIS_URL must look like redis://host:port/db, rediss://user:password@host:port/db (TLS) "
+        f"or redis+cluster://host:port,host:port (a cluster), got {shown!r}"
+    )
+    scheme, sep, rest = url.partition("://")
+    base, plus, kind = scheme.lower().partition("+")
+    if not sep or base not in _SCHEMES or (plus and kind != "cluster"):
+        raise ValueError(usage)
+    cluster = cluster or bool(plus)
+    auth, at, hostpart = rest.rpartition("@")
+    if not at:
+        auth, hostpart = "", rest
+    hostpart, _, path = hostpart.partition("/")
+    path = path.split("?")[0]
+    user, _, password = auth.partition(":") if auth else ("", "", "")
+    user, password = unquote(user), unquote(password)
+    nodes = []
+    for item in hostpart.split(","):
+        m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\](?::(\d{1,5}))?|([A-Za-z0-9_.-]+)(?::(\d{1,5}))?", item.strip())
+        if not m:
+            raise ValueError(usage)
+        host = m.group(1) or m.group(3)
+        port = int(m.group(2) or m.group(4) or 6379)
+        if not 0 < port < 65536:
+            raise ValueError(f"REDIS_URL names port {port}, which is not a TCP port")
+        nodes.append((host, port))
+    if len(nodes) > 1 and not cluster:
+        raise ValueError("REDIS_URL lists several hosts: use redis+cluster://host:port,host:port for a cluster")
+    try:
+        db = int(path or 0)
+    except ValueError:
+        raise ValueError(f"REDIS_URL's database must be a number, got {path[:20]!r}") from None
+    if not 0 <= db < 1_000_000:
+        raise ValueError(f"REDIS_URL's database must be a number from 0, got {db}")
+    if cluster and db:
+        raise ValueError("a Valkey/Redis Cluster has only database 0: drop the /db from REDIS_URL")
+    if "," in password or "," in user:
+        raise ValueError("the Valkey password and user must not contain ',' (Feast's connection string splits on it)")
+    return {
+        "redis_host": nodes[0][0],
+        "redis_port": nodes[0][1],
+        "redis_db": db,
+        "redis_password": password or None,
+        "redis_cluster": cluster,
+        "redis_nodes": tuple(nodes) if cluster else (),
+        "redis_tls": _SCHEMES[base],
+        "redis_username": user or None,
+    }

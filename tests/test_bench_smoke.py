@@ -16,7 +16,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.mark.parametrize("name", ["decision", "materialize", "training", "load", "api"])
+@pytest.mark.parametrize("name", ["decision", "materialize", "training", "load", "api", "cluster"])
 def test_benchmark_runs_at_a_tiny_size(name, settings, tmp_path):
     results = tmp_path / "results.json"
     env = {
@@ -46,6 +46,7 @@ def test_benchmark_runs_at_a_tiny_size(name, settings, tmp_path):
         "training": "pit_vs_floor_600",
         "load": "load_rows_per_s",
         "api": "api_p50_ms_c1",
+        "cluster": "cluster_p50_ms",
     }[name]
     assert figures[expected] > 0
     if name == "api":

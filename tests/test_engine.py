@@ -162,9 +162,10 @@ def test_what_the_engine_cannot_serve_is_refused_with_a_reason(backbone):
     from feast_ext.store import new_feature_store, repo_config
 
     s = backbone["settings"]
-    cluster = repo_config(s, online_store={"redis_type": "redis_cluster"})
-    with pytest.raises(engine.WriterUnsupported, match="one Redis/Valkey server.*batch_engine: local"):
-        engine.check_config(cluster)
+    sentinel = repo_config(s, online_store={"redis_type": "redis_sentinel"})
+    with pytest.raises(engine.WriterUnsupported, match="server or a cluster, not redis_sentinel.*batch_engine: local"):
+        engine.check_config(sentinel)
+    engine.check_config(repo_config(s, online_store={"redis_type": "redis_cluster"}))  # tests/test_cluster.py
     parquet = FeatureView(
         name="from_a_file",
         entities=[Entity(name="who", join_keys=["who"], value_type=ValueType.STRING)],
@@ -174,9 +175,9 @@ def test_what_the_engine_cannot_serve_is_refused_with_a_reason(backbone):
     with pytest.raises(engine.WriterUnsupported, match="from_a_file: its source is a FileSource"):
         engine._plan(repo_config(s), parquet)
     # Through Feast: the job fails with that reason and the view keeps its state.
-    store = new_feature_store(s, online_store={"redis_type": "redis_cluster"})
+    store = new_feature_store(s, online_store={"redis_type": "redis_sentinel"})
     end = datetime.now(UTC)
-    with pytest.raises(engine.WriterUnsupported, match="redis_cluster"):
+    with pytest.raises(engine.WriterUnsupported, match="redis_sentinel"):
         store.materialize(start_date=end - timedelta(days=1), end_date=end, feature_views=["credit_history"])
 
 
