@@ -213,7 +213,8 @@ def test_spark_training_set_equals_the_postgres_one(profiles, tmp_path, monkeypa
     got, want = frames
     assert len(want) >= 3000
     _assert_same_frames(want, got)
-    assert (tmp_path / "spark" / "model.json").read_bytes() == (tmp_path / "postgres" / "model.json").read_bytes()
+    booster_sp = Path(meta_sp["written_to"]) / "model.json"
+    assert booster_sp.read_bytes() == (Path(meta_pg["written_to"]) / "model.json").read_bytes()
     assert meta_sp["metrics"]["auc"] == meta_pg["metrics"]["auc"]
 
     # Entity rows 300 days after the loans: many credit files are past the view's TTL by then,
@@ -246,8 +247,8 @@ def _online_hashes(settings, project: str) -> dict[bytes, dict]:
 
 def test_spark_materialization_writes_the_postgres_online_values(profiles, pg):
     from feast_ext.materialize import materialize
+    from feast_ext.online_reader import OnlineReader
     from feast_ext.store import feature_store
-    from model.inference import OnlineReader
 
     pg_settings, sp = profiles
     t0 = time.perf_counter()
@@ -273,7 +274,8 @@ def test_spark_materialization_writes_the_postgres_online_values(profiles, pg):
         b = sp_store.get_online_features(features=refs, entity_rows=rows).to_dict()
         assert a == b
         assert sum(v is not None for v in a[refs[0].split(":")[1]]) > len(rows) // 2
-    pg_reader, sp_reader = OnlineReader(pg_store), OnlineReader(sp_store)
+    views = ("credit_history", "zipcode_features")
+    pg_reader, sp_reader = OnlineReader(pg_store, views), OnlineReader(sp_store, views)
     loans = pg.execute("SELECT dob_ssn, zipcode FROM loans ORDER BY loan_id LIMIT 300").fetchall()
     for dob_ssn, zipcode in loans:
         assert sp_reader.read(dob_ssn, int(zipcode)) == pg_reader.read(dob_ssn, int(zipcode))
@@ -292,8 +294,8 @@ def test_a_spark_job_stopped_midway(profiles, pg):
     import redis
 
     from feast_ext.materialize import materialization_state
+    from feast_ext.online_reader import OnlineReader
     from feast_ext.store import clear_online, feature_store
-    from model.inference import OnlineReader
 
     _, sp = profiles
     store = feature_store(sp)
@@ -309,8 +311,8 @@ def test_a_spark_job_stopped_midway(profiles, pg):
     store.write_to_online_store("credit_history", previous)
 
     # A cheap probe of the credit rows' timestamps (one pipelined HGET per applicant).
-    reader, r = OnlineReader(store), redis.Redis.from_url(sp.redis_url)
-    keys = [reader._key("dob_ssn", a) for a in applicants]
+    reader, r = OnlineReader(store, ("credit_history",)), redis.Redis.from_url(sp.redis_url)
+    keys = [reader._key("dob_ssn", "string_val", None, a) for a in applicants]
 
     def stamps() -> list:
         pipe = r.pipeline(transaction=False)
