@@ -136,14 +136,21 @@ def ensure_database(s: Settings) -> None:
         raise ServiceError(f"Postgres at {s.pg_where} refused the connection: {exc}") from None
 
 
-def ensure_postgres(s: Settings, allow_embedded: bool) -> str:
+def ensure_postgres(s: Settings, allow_embedded: bool, prepare_database: bool = True) -> str:
+    """Postgres answering; with ``prepare_database`` the configured database exists and is
+    migrated, else only the server is checked (through its ``postgres`` database)."""
     state = "external"
     if allow_embedded and _is_default_pg(s) and not _port_open(s.pghost, s.pgport):
         state = start_embedded_postgres(s)
     elif allow_embedded and _is_default_pg(s) and (_pg_dir() / "data" / "postmaster.pid").exists():
         state = "embedded (running)"
     try:
-        ensure_database(s)
+        if prepare_database:
+            ensure_database(s)
+        else:
+            from runtime import db
+
+            db.connect(s, dbname="postgres").close()
     except psycopg.OperationalError as exc:
         raise ServiceError(f"Postgres at {s.pg_where} is not reachable: {exc}".strip()) from None
     return state
@@ -216,11 +223,42 @@ def stop_embedded_valkey() -> bool:
     return True
 
 
-def ping_valkey(s: Settings) -> None:
+VALKEY_LOADING_WAIT_S = 60.0
+
+
+def ping_valkey(s: Settings, loading_wait_s: float = VALKEY_LOADING_WAIT_S, say=None) -> None:
+    """PING Valkey.  A server that is still loading its snapshot (dump.rdb) answers LOADING:
+    wait for it, up to ``loading_wait_s``, saying so once, rather than calling it unreachable."""
+    say = say or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    # No retries of the client's own: redis-py retries connection errors (LOADING among them)
+    # with backoff for seconds, which would hide both the wait and a refused connection.
+    client = redis.Redis.from_url(s.redis_url, socket_timeout=1, socket_connect_timeout=1, retry=Retry(NoBackoff(), 0))
+    t0 = time.monotonic()
+    waiting = False
     try:
-        redis.Redis.from_url(s.redis_url, socket_timeout=1, socket_connect_timeout=1).ping()
-    except redis.RedisError as exc:
-        raise ServiceError(f"Valkey at {s.redis_where} is not reachable: {exc}") from None
+        while True:
+            try:
+                client.ping()
+                if waiting:
+                    say(f"Valkey at {s.redis_where} has loaded its dataset ({time.monotonic() - t0:.1f} s)")
+                return
+            except redis.exceptions.BusyLoadingError:
+                if time.monotonic() - t0 > loading_wait_s:
+                    raise ServiceError(
+                        f"Valkey at {s.redis_where} is still loading its dataset after {loading_wait_s:g} s; "
+                        "try again when it has finished"
+                    ) from None
+                if not waiting:
+                    say(f"waiting for Valkey at {s.redis_where} to load its dataset ...")
+                    waiting = True
+                time.sleep(0.1)
+            except redis.RedisError as exc:
+                raise ServiceError(f"Valkey at {s.redis_where} is not reachable: {exc}") from None
+    finally:
+        client.close()
 
 
 def ensure_valkey(s: Settings, allow_embedded: bool) -> str:
@@ -235,10 +273,12 @@ def ensure_valkey(s: Settings, allow_embedded: bool) -> str:
 
 
 # --- both ----------------------------------------------------------------------------
-def ensure_services(settings: Settings | None = None) -> ServiceState:
+def ensure_services(settings: Settings | None = None, prepare_database: bool = True) -> ServiceState:
+    """Both servers answering (the embedded ones started when nothing is configured and nothing
+    answers on the default ports); ``prepare_database``: see ensure_postgres."""
     s = settings or Settings.from_env()
     allow_embedded = not any_env_set()
-    pg = ensure_postgres(s, allow_embedded)
+    pg = ensure_postgres(s, allow_embedded, prepare_database)
     vk = ensure_valkey(s, allow_embedded)
     return ServiceState(postgres=pg, valkey=vk, settings=s)
 

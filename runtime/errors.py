@@ -19,6 +19,8 @@ def explain(exc: BaseException) -> str:
         return f"Postgres at {pg} is not reachable ({first}); start it with `uv run loan-desk services`"
     if isinstance(exc, psycopg.errors.UndefinedTable):
         return f"a table is missing in {pg} ({str(exc).splitlines()[0]}); run `uv run loan-desk load` first"
+    if isinstance(exc, redis.exceptions.BusyLoadingError):
+        return f"Valkey at {rd} is still loading its dataset; try again in a moment"
     if isinstance(exc, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError):
         return f"Valkey at {rd} is not reachable ({exc}); start it with `uv run loan-desk services`"
     msg = str(exc).strip() or type(exc).__name__
