@@ -2,6 +2,8 @@
 
 python -m bench._mat_worker ENGINE APPLICANTS WINDOW_DAYS
 ENGINE: fast | feast_default | feast_tuned | floor; WINDOW_DAYS 0 = every view's full TTL window.
+``run_one`` is the same run in the calling process (the quick smoke run: no process start per run).
+Rows are counted as this Feast project's keys, so other projects sharing the Redis db do not count.
 """
 
 from __future__ import annotations
@@ -20,17 +22,24 @@ def _window(store, days: int) -> tuple[datetime, datetime]:
     return end - longest, end
 
 
-def _feast(store, start, end, tuned: bool) -> None:
-    """Feast's own materialize: stock settings, or with every knob Feast offers turned on."""
+def _feast(settings, start, end, tuned: bool) -> None:
+    """Feast's own materialize: stock settings, or with every knob Feast offers turned on
+    (on a configuration of its own: the process's cached store keeps the repo's settings)."""
     from feast import FeatureStore
 
+    from feast_ext.store import repo_config
     from runtime.settings import FEATURE_REPO
 
-    cfg = store.config
+    cfg = repo_config(settings)
     cfg.materialization_config.pull_latest_features = tuned
     cfg.materialization_config.online_write_batch_size = 10_000 if tuned else None
     cfg.online_store.skip_dedup = tuned
     FeatureStore(repo_path=str(FEATURE_REPO), config=cfg).materialize(start_date=start, end_date=end)
+
+
+def _raw_prefix(settings) -> bytes:
+    """The floor's keys: ``raw:<project>:<entity>``, so runs of two projects never meet."""
+    return b"raw:" + settings.project.encode() + b":"
 
 
 def _floor(settings, store, start, end) -> int:
@@ -42,6 +51,7 @@ def _floor(settings, store, start, end) -> int:
     client = W.redis_client_for(store)
     pipe = W._RawPipe(client)
     rows = 0
+    prefix = _raw_prefix(settings)
     with psycopg.connect(**settings.pg_kwargs(), autocommit=True) as conn:
         conn.execute("SET jit = off")
         for fv in store.list_feature_views():
@@ -55,7 +65,7 @@ def _floor(settings, store, start, end) -> int:
                 with cur.copy(stmt, {"start": start, "end": end}) as copy:
                     for line in copy:
                         vals = bytes(line).rstrip(b"\n").split(b"\t")
-                        parts = [header, W._bulk(b"raw:" + vals[0])]
+                        parts = [header, W._bulk(prefix + vals[0])]
                         for f, v in zip(fields, [vals[-1], *vals[1:-1]], strict=True):
                             parts.append(f)
                             parts.append(W._bulk(v))
@@ -71,9 +81,9 @@ def _floor(settings, store, start, end) -> int:
     return rows
 
 
-def _drop_raw(r) -> None:
+def _drop_raw(r, settings) -> None:
     batch = []
-    for key in r.scan_iter(match=b"raw:*", count=10_000):
+    for key in r.scan_iter(match=_raw_prefix(settings) + b"*", count=10_000):
         batch.append(key)
         if len(batch) >= 10_000:
             r.unlink(*batch)
@@ -82,19 +92,18 @@ def _drop_raw(r) -> None:
         r.unlink(*batch)
 
 
-def main() -> int:
-    engine, applicants, days = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+def run_one(engine: str, applicants: int, days: int) -> dict:
     import redis
 
-    from bench.common import ONLINE_MARKER, peak_rss_mb, settings_for
-    from feast_ext.store import clear_online, feature_store
+    from bench.common import online_marker, peak_rss_mb, settings_for
+    from feast_ext.store import clear_online, feature_store, online_key_count
 
     s = settings_for(applicants)
     store = feature_store(s)
     r = redis.Redis.from_url(s.redis_url)
-    r.delete(ONLINE_MARKER)
+    r.delete(online_marker(s))
     clear_online(s)
-    _drop_raw(r)
+    _drop_raw(r, s)
     start, end = _window(store, days)
     rss0 = peak_rss_mb()
     t0 = time.perf_counter()
@@ -102,31 +111,32 @@ def main() -> int:
         from feast_ext import engine as online_writer
 
         online_writer.materialize(store, s.pg_kwargs(), start, end, dedup=False)
-        rows = r.dbsize()
     elif engine in ("feast_default", "feast_tuned"):
-        _feast(store, start, end, tuned=engine == "feast_tuned")
-        rows = r.dbsize()
+        _feast(s, start, end, tuned=engine == "feast_tuned")
     elif engine == "floor":
         rows = _floor(s, store, start, end)
     else:
         raise SystemExit(f"unknown engine {engine}")
     seconds = time.perf_counter() - t0
     if engine == "floor":
-        _drop_raw(r)
-    print(
-        json.dumps(
-            {
-                "engine": engine,
-                "applicants": applicants,
-                "window_days": days,
-                "rows": rows,
-                "seconds": seconds,
-                "rows_per_s": rows / seconds,
-                "peak_rss_mb": peak_rss_mb(),
-                "rss_before_mb": rss0,
-            }
-        )
-    )
+        _drop_raw(r, s)
+    else:
+        rows = online_key_count(s)
+    return {
+        "engine": engine,
+        "applicants": applicants,
+        "window_days": days,
+        "rows": rows,
+        "seconds": seconds,
+        "rows_per_s": rows / seconds,
+        "peak_rss_mb": peak_rss_mb(),
+        "rss_before_mb": rss0,
+    }
+
+
+def main() -> int:
+    engine, applicants, days = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    print(json.dumps(run_one(engine, applicants, days)))
     return 0
 
 
