@@ -122,7 +122,15 @@ def stop_embedded_postgres() -> bool:
     pgdata = _pg_dir() / "data"
     if not (pgdata / "postmaster.pid").exists():
         return False
+    if os.geteuid() == 0:
+        # The helper user must still reach the data folder: something (a tool tightening its
+        # temporary folders, a user's chmod) may have closed a parent folder since the start.
+        from pgserver.utils import ensure_prefix_permissions
+
+        ensure_prefix_permissions(pgdata)
     out = _run_as_pg_user([_pg_bin("pg_ctl"), "-D", str(pgdata), "-w", "-m", "fast", "stop"])
+    if out.returncode and (pgdata / "postmaster.pid").exists():
+        raise ServiceError(f"could not stop the embedded Postgres: {(out.stderr or out.stdout).strip()}")
     return out.returncode == 0
 
 

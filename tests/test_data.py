@@ -212,13 +212,15 @@ def _load_in_thread(s, req):
 
 
 def _loader_pid(conn, query_prefix: str, timeout: float = 120) -> int:
-    """The backend of the load (application_name 'loan-desk load') once it runs ``query_prefix``."""
+    """The backend of the load (application_name 'loan-desk load') in this connection's database
+    once it runs ``query_prefix``."""
     import time
 
     t0 = time.monotonic()
     while time.monotonic() - t0 < timeout:
         row = conn.execute(
-            "SELECT pid FROM pg_stat_activity WHERE application_name = 'loan-desk load' AND query LIKE %s",
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "  # never another run's load
+            "AND application_name = 'loan-desk load' AND query LIKE %s",
             [query_prefix + "%"],
         ).fetchone()
         if row:

@@ -28,6 +28,7 @@ set -e
 ip link set lo up
 unset PGHOST PGPORT PGUSER PGPASSWORD PGDATABASE PGSSLMODE REDIS_URL
 export LOAN_DESK_HOME={tmp_path}
+trap '{bin_dir}/loan-desk services --stop >/dev/null 2>&1 || true' EXIT  # never leave them behind
 {bin_dir}/loan-desk services
 {bin_dir}/python - <<'PY'
 import psycopg, redis
@@ -51,6 +52,39 @@ PY
     assert "stopped the embedded Valkey and Postgres" in out.stderr
     assert "no embedded server was running" in out.stderr
     assert (tmp_path / "postgres" / "data" / "PG_VERSION").read_text().strip() == "16"
+
+
+@pytest.mark.skipif(not _can_unshare(), reason="needs root and `unshare -n` for an empty network namespace")
+def test_a_test_run_stops_the_embedded_servers_it_started_and_only_those(tmp_path):
+    """With nothing configured and nothing answering, a test run starts the embedded servers and
+    stops them at its end; servers it found running are left running."""
+    bin_dir = Path(sys.executable).parent
+    one_test = "tests/test_isolation.py::test_the_session_databases_are_marked"
+    unset = " ".join(
+        ["PGHOST", "PGPORT", "PGUSER", "PGPASSWORD", "PGDATABASE", "PGSSLMODE", "REDIS_URL", "LOAN_DESK_FEAST_PROJECT"]
+        + [v for v in os.environ if v.startswith(("LOAN_DESK_TEST_", "LOAN_DESK_WRITER_TEST_", "LOAN_DESK_BENCH_"))]
+    )
+    up_check = "import socket; [socket.create_connection(('127.0.0.1', p), 1).close() for p in (5432, 6379)]"
+    script = f"""
+set -e
+ip link set lo up
+unset {unset}
+export LOAN_DESK_HOME={tmp_path} LOAN_DESK_TEST_ID=embedded
+trap '{bin_dir}/loan-desk services --stop >/dev/null 2>&1 || true' EXIT  # never leave them behind
+up() {{ {bin_dir}/python -c "{up_check}" 2>/dev/null; }}
+{bin_dir}/python -m pytest -q -p no:cacheprovider {one_test}
+if up; then echo "run 1 left servers up"; else echo "run 1 stopped what it started"; fi
+{bin_dir}/loan-desk services
+{bin_dir}/python -m pytest -q -p no:cacheprovider {one_test}
+if up; then echo "run 2 left the running servers up"; else echo "run 2 stopped servers it found"; fi
+{bin_dir}/loan-desk services --stop
+"""
+    out = subprocess.run(["unshare", "-n", "bash", "-c", script], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert out.stdout.count("1 passed") == 2, out.stdout[-3000:]
+    assert "run 1 stopped what it started" in out.stdout
+    assert "run 2 left the running servers up" in out.stdout
+    assert "stopped the embedded Valkey and Postgres" in out.stderr
 
 
 # --- each step alone on a brand-new database ---------------------------------------------------
