@@ -46,12 +46,13 @@ def example_application() -> dict:
 def main() -> int:
     from model.inference import DecisionError, DecisionService
     from runtime.errors import explain
+    from runtime.schema import masked_applicant
 
     try:
         app = example_application()
         print("Application:")
         for k, v in app.items():
-            print(f"  {k:24} {v}")
+            print(f"  {k:24} {masked_applicant(v) if k == 'dob_ssn' else v}")
         decision = DecisionService.shared().decide(app)
     except DecisionError as exc:
         print(f"error: {exc}", file=sys.stderr)

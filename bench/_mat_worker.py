@@ -23,18 +23,16 @@ def _window(store, days: int) -> tuple[datetime, datetime]:
 
 
 def _feast(settings, start, end, tuned: bool) -> None:
-    """Feast's own materialize: stock settings, or with every knob Feast offers turned on
-    (on a configuration of its own: the process's cached store keeps the repo's settings)."""
-    from feast import FeatureStore
+    """Feast's own engine (batch_engine: local): stock settings, or with every knob Feast offers turned on."""
+    from feast_ext.store import new_feature_store
 
-    from feast_ext.store import repo_config
-    from runtime.settings import FEATURE_REPO
-
-    cfg = repo_config(settings)
-    cfg.materialization_config.pull_latest_features = tuned
-    cfg.materialization_config.online_write_batch_size = 10_000 if tuned else None
-    cfg.online_store.skip_dedup = tuned
-    FeatureStore(repo_path=str(FEATURE_REPO), config=cfg).materialize(start_date=start, end_date=end)
+    store = new_feature_store(
+        settings,
+        batch_engine="local",
+        materialization={"pull_latest_features": tuned, "online_write_batch_size": 10_000 if tuned else None},
+        online_store={"skip_dedup": tuned},
+    )
+    store.materialize(start_date=start, end_date=end)
 
 
 def _raw_prefix(settings) -> bytes:
@@ -48,14 +46,14 @@ def _floor(settings, store, start, end) -> int:
 
     from feast_ext import engine as W
 
-    client = W.redis_client_for(store)
+    client = W.redis_client_for(store.config)
     pipe = W._RawPipe(client)
     rows = 0
     prefix = _raw_prefix(settings)
     with psycopg.connect(**settings.pg_kwargs(), autocommit=True) as conn:
         conn.execute("SET jit = off")
         for fv in store.list_feature_views():
-            plan = W._plan(store, fv)
+            plan = W._plan(store.config, fv)
             fields = [W._bulk(n.encode()) for n in ["_ts", *plan.feature_names]]
             header = b"*%d\r\n$4\r\nHSET\r\n" % (2 + 2 * len(fields))
             q = W.latest_rows_query(plan)
@@ -107,10 +105,9 @@ def run_one(engine: str, applicants: int, days: int) -> dict:
     start, end = _window(store, days)
     rss0 = peak_rss_mb()
     t0 = time.perf_counter()
-    if engine == "fast":
-        from feast_ext import engine as online_writer
-
-        online_writer.materialize(store, s.pg_kwargs(), start, end, dedup=False)
+    if engine == "fast":  # the engine feature_store.yaml names, through Feast, overwriting
+        with store._get_provider().batch_engine.run(dedup=False):
+            store.materialize(start_date=start, end_date=end)
     elif engine in ("feast_default", "feast_tuned"):
         _feast(s, start, end, tuned=engine == "feast_tuned")
     elif engine == "floor":

@@ -89,10 +89,10 @@ def ensure_data(applicants: int, materialized: bool = False, trained: bool = Fal
             materialize(s, requested_by="bench", full=True, progress=lambda m: None)
             r.set(online_marker(s), s.pgdatabase)
     if trained:
+        from model.bundles import current_metadata
         from model.train import train
-        from runtime.settings import model_dir
 
-        if changed or not (model_dir() / "model.json").exists():
+        if changed or current_metadata() is None:
             say("training the model for the benchmark ...")
             train(feature_store(s), s)
     return s

@@ -89,7 +89,9 @@ class Floor:
 
 
 def tutorial_path(store, booster, app: dict) -> float:
-    """The tutorial's way: get_online_features(...).to_df(), a pandas frame of the application, predict on it."""
+    """The tutorial's way: get_online_features(...).to_df(), a pandas frame of the application, predict on it.
+
+    Its DMatrix gets one thread, as ours does: the comparison is of the paths, not of thread pools."""
     import pandas as pd
     import xgboost as xgb
 
@@ -100,7 +102,7 @@ def tutorial_path(store, booster, app: dict) -> float:
     ).to_df()
     frame = pd.concat([pd.DataFrame([app]).drop(columns=["dob_ssn", "zipcode"]), feats], axis=1)
     x = F.frame_matrix(frame)
-    return float(booster.predict(xgb.DMatrix(x, feature_names=list(F.FEATURES)))[0])
+    return float(booster.predict(xgb.DMatrix(x, feature_names=list(F.FEATURES), nthread=1))[0])
 
 
 def _time(fn, apps: list[dict], calls: int) -> list[float]:
@@ -175,10 +177,12 @@ def run(calls: int = 10_000, applicants: int = SMALL, warm: int | None = None) -
         "feast_get_online_features_p50_ms": feast["p50_ms"],
         "feast_get_online_features_p99_ms": feast["p99_ms"],
         "decision_vs_floor_p50": dec["p50_ms"] / flo["p50_ms"],
+        "decision_vs_floor_p99": dec["p99_ms"] / flo["p99_ms"],
         "decision_vs_tutorial_p50": dec["p50_ms"] / tut["p50_ms"],
         f"decisions_per_s_{THREADS}_threads": threaded,
         "targets": {
             "p50 <= 2x floor": dec["p50_ms"] <= 2 * flo["p50_ms"],
+            "p99 <= 1.5x floor p99": dec["p99_ms"] <= 1.5 * flo["p99_ms"],
             "p50 <= 0.5x tutorial": dec["p50_ms"] <= 0.5 * tut["p50_ms"],
             "p99 <= 3 ms": dec["p99_ms"] <= 3.0,
         },
@@ -189,6 +193,7 @@ def run(calls: int = 10_000, applicants: int = SMALL, warm: int | None = None) -
         r = results[name]
         table.append((name, r["p50_ms"], r["p95_ms"], r["p99_ms"], r["n"]))
     table.append(("decide / floor (p50)", figures["decision_vs_floor_p50"], "", "", ""))
+    table.append(("decide / floor (p99)", figures["decision_vs_floor_p99"], "", "", ""))
     table.append(("decide / tutorial (p50)", figures["decision_vs_tutorial_p50"], "", "", ""))
     table.append((f"decisions/s, {THREADS} threads", threaded, "", "", calls))
     record("decision", figures, table, f"Decision latency ({applicants:,} applicants, warm, one at a time)")

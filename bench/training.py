@@ -4,7 +4,8 @@
   repo's LoanDeskOfflineStore (LATERAL + index, COPY out, Arrow);
 * floor: the same join written by hand in SQL, COPY'd out and parsed by Arrow, no Feast;
 * Feast's stock PostgreSQLOfflineStore: minutes at 30k on this machine, so it runs on the
-  first STOCK_SUBSET loans with a statement timeout, next to ours on the same subset.
+  first STOCK_SUBSET loans with a statement timeout, next to ours and the floor on the same
+  subset, all three warm (alternating rounds after one untimed warm-up each).
 
 Ours and the floor run in alternating rounds (3 at the small size, 2 at the big one); each
 figure is its best round.
@@ -116,17 +117,28 @@ def run(stock_subset: int = STOCK_SUBSET) -> dict:
         if n == SMALL:
             sub_sql = f"{ENTITY_SQL} ORDER BY loan_id LIMIT {stock_subset}"
             stock = stock_store(s)
+            # The benchmark process (not the product) bounds Feast's stock query with libpq's PGOPTIONS.
             os.environ["PGOPTIONS"] = f"-c statement_timeout={STOCK_TIMEOUT_S * 1000}"
+            say(f"training: Feast's stock store, ours and the floor on {stock_subset:,} loans, warm, 2 rounds ...")
+            stock_s = sub_ours_s = sub_floor_s = float("inf")
+            stock_note = "completed"
             try:
-                say(f"training: Feast's stock PostgreSQLOfflineStore on {stock_subset:,} loans ...")
-                stock_df, stock_s = _timed(partial(_historical, stock, sub_sql))
-                stock_note = "completed"
-            except Exception as exc:  # the statement timeout
-                stock_s, stock_note = float(STOCK_TIMEOUT_S), f"timed out: {type(exc).__name__}"
+                for i in range(3):  # round 0 warms each path up and is not counted
+                    try:
+                        _, sec = _timed(partial(_historical, stock, sub_sql))
+                        stock_s = min(stock_s, sec) if i else stock_s
+                    except Exception as exc:  # the statement timeout
+                        stock_s, stock_note = float(STOCK_TIMEOUT_S), f"timed out: {type(exc).__name__}"
+                        break
+                    _, sec = _timed(partial(training_frame, store, sub_sql))
+                    sub_ours_s = min(sub_ours_s, sec) if i else sub_ours_s
+                    _, sec = _timed(partial(floor_frame, s, sub_sql))
+                    sub_floor_s = min(sub_floor_s, sec) if i else sub_floor_s
             finally:
                 os.environ.pop("PGOPTIONS", None)
-            sub_ours, sub_ours_s = _timed(partial(training_frame, store, sub_sql))
-            sub_floor, sub_floor_s = _timed(partial(floor_frame, s, sub_sql))
+            if sub_ours_s == float("inf"):
+                sub_ours_s = _timed(partial(training_frame, store, sub_sql))[1]
+                sub_floor_s = _timed(partial(floor_frame, s, sub_sql))[1]
             figures["pit_stock_subset_s"] = stock_s
             figures["pit_stock_subset_note"] = stock_note
             figures["pit_ours_subset_s"] = sub_ours_s

@@ -8,6 +8,7 @@ loan-desk load          put applicant data into Postgres
 loan-desk apply         feast apply
 loan-desk materialize   copy the latest features into Valkey (incremental, up to now)
 loan-desk train         train the model on a point-in-time-correct training set
+loan-desk models        list the trained model bundles, or go back to one
 loan-desk serve         run the Streamlit app
 """
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shlex
 import sys
 from pathlib import Path
@@ -60,8 +62,13 @@ def cmd_load(args) -> int:
         seed=args.seed,
         data_dir=Path(args.data_dir) if args.data_dir else None,
     )
-    _, msg = load(_settings(), req, force=args.force)
+    changed, msg = load(_settings(), req, force=args.force)
     _say(msg)
+    if changed:
+        _say(
+            "next: `uv run loan-desk materialize` and `uv run loan-desk train` (or `uv run loan-desk`, which runs "
+            "both); until they have run, Apply refers applications to manual underwriting instead of deciding"
+        )
     return 0
 
 
@@ -123,7 +130,44 @@ def cmd_train(args) -> int:
         f"{m['accuracy_at_threshold']:.3f} at threshold {meta['threshold']}, Brier {m['brier']:.3f}; "
         f"{meta['seconds']:.1f} s"
     )
-    _say(f"wrote {meta['written_to']}/model.json and metadata.json")
+    _say(f"wrote {meta['written_to']} and made it the current model")
+    return 0
+
+
+def cmd_models_list(args) -> int:
+    from model.bundles import list_bundles, root_dir
+
+    found = list_bundles(args.dir)
+    if not found:
+        _say(f"no model bundles in {root_dir(args.dir)}: run `uv run loan-desk train`")
+        return 0
+    width = max(len("version"), *(len(b.version) for b in found))
+    print(f"  {'version':{width}}  {'trained at (UTC)':19}  {'test AUC':>8}  {'threshold':>9}")
+    for b in found:
+        mark = "*" if b.current else " "
+        when = (b.trained_at or "?")[:19].replace("T", " ")
+        auc = f"{b.auc:.3f}" if isinstance(b.auc, int | float) else "-"
+        thr = f"{b.threshold:g}" if b.threshold is not None else "-"
+        note = f"  ({b.problem})" if b.problem else ""
+        print(f"{mark} {b.version:{width}}  {when:19}  {auc:>8}  {thr:>9}{note}")
+    if not any(b.current for b in found):
+        _say("no bundle is current: `uv run loan-desk models use VERSION` picks one")
+    return 0
+
+
+def cmd_models_use(args) -> int:
+    from model.bundles import current_version, load_bundle, use
+
+    before = current_version(args.dir)
+    bundle = load_bundle(args.version, args.dir)  # refuses an unknown or broken bundle before switching
+    use(bundle.version, args.dir)
+    auc = (bundle.metadata.get("metrics") or {}).get("auc")
+    _say(
+        f"model {bundle.version} (threshold {bundle.threshold:g}"
+        + (f", test AUC {auc:.3f}" if isinstance(auc, int | float) else "")
+        + f") is now current{f', was {before}' if before and before != bundle.version else ''}; "
+        "running services pick it up at their next decision"
+    )
     return 0
 
 
@@ -138,7 +182,8 @@ def cmd_all(args) -> int:
     from bootstrap.services import describe, ensure_services
     from feast_ext.materialize import materialize
     from feast_ext.store import apply, feature_store
-    from model.train import current_metadata, train
+    from model.bundles import current_metadata
+    from model.train import train
 
     state = ensure_services(_settings())
     s = state.settings
@@ -191,15 +236,26 @@ def cmd_all(args) -> int:
 
 
 # --- parsing --------------------------------------------------------------------------------
+def whole_number(text: str) -> int:
+    """argparse type: ASCII digits only (int() would also take '𝟘𝟙𝟚𝟛', '１２３' or '1_000')."""
+    if not re.fullmatch(r"[+-]?[0-9]{1,12}", text.strip()):
+        shown = text if len(text) <= 20 else text[:20] + "…"
+        raise argparse.ArgumentTypeError(f"must be a whole number written with the digits 0-9, got {shown!r}")
+    return int(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="loan-desk", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument(
-        "--applicants", type=int, default=None, help="synthetic applicants (default: keep the loaded data, else 30000)"
+        "--applicants",
+        type=whole_number,
+        default=None,
+        help="synthetic applicants (default: keep the loaded data, else 30000)",
     )
-    p.add_argument("--seed", type=int, default=None, help="seed of the synthetic data (default 42)")
-    p.add_argument("--port", type=int, default=8501)
+    p.add_argument("--seed", type=whole_number, default=None, help="seed of the synthetic data (default 42)")
+    p.add_argument("--port", type=whole_number, default=8501)
     p.add_argument("--address", default="127.0.0.1")
     p.add_argument("--no-serve", action="store_true", help="stop after training")
     p.set_defaults(func=cmd_all)
@@ -214,8 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("load", help="load applicant data into Postgres (COPY, idempotent)")
     sp.add_argument("--source", choices=["synthetic", "tutorial"], default="synthetic")
-    sp.add_argument("--applicants", type=int, default=30_000, help="synthetic applicants (default 30000)")
-    sp.add_argument("--seed", type=int, default=42)
+    sp.add_argument("--applicants", type=whole_number, default=30_000, help="synthetic applicants (default 30000)")
+    sp.add_argument("--seed", type=whole_number, default=42)
     sp.add_argument("--data-dir", help="folder with the tutorial's parquet files (--source tutorial)")
     sp.add_argument("--force", action="store_true", help="reload even when the same data is there")
     sp.set_defaults(func=cmd_load)
@@ -231,39 +287,226 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", type=Path, default=None, help="model folder (default .loan-desk/model)")
     sp.set_defaults(func=cmd_train)
 
+    sp = sub.add_parser("models", help="list the trained model bundles, or make an earlier one current")
+    msub = sp.add_subparsers(metavar="ACTION", required=True)
+    mp = msub.add_parser("list", help="versions, training time, test AUC and threshold; * marks the current one")
+    mp.add_argument("--dir", type=Path, default=None, help="model folder (default .loan-desk/model)")
+    mp.set_defaults(func=cmd_models_list)
+    mp = msub.add_parser("use", help="make VERSION the current model (atomic; running services switch too)")
+    mp.add_argument("version", metavar="VERSION")
+    mp.add_argument("--dir", type=Path, default=None, help="model folder (default .loan-desk/model)")
+    mp.set_defaults(func=cmd_models_use)
+
     sp = sub.add_parser("serve", help="run the Streamlit app")
-    sp.add_argument("--port", type=int, default=8501)
+    sp.add_argument("--port", type=whole_number, default=8501)
     sp.add_argument("--address", default="127.0.0.1")
     sp.set_defaults(func=cmd_serve)
 
-    sp = sub.add_parser("users", help="manage app users")
+    sp = sub.add_parser("users", help="manage app users, their sign-in lockouts and sessions")
     usub = sp.add_subparsers(metavar="ACTION", required=True)
-    up = usub.add_parser("add", help="add or update a user; password from stdin or LOAN_DESK_PASSWORD")
+    up = usub.add_parser("add", help="add a new user; password from stdin, a prompt or LOAN_DESK_PASSWORD")
     up.add_argument("name")
     up.add_argument("--role", choices=["officer", "admin"], required=True)
     up.set_defaults(func=cmd_users_add)
+    up = usub.add_parser("set", help="change an existing user's role (ends their sessions)")
+    up.add_argument("name")
+    up.add_argument("--role", choices=["officer", "admin"], required=True)
+    up.set_defaults(func=cmd_users_set)
+    up = usub.add_parser("passwd", help="change an existing user's password (ends their sessions)")
+    up.add_argument("name")
+    up.set_defaults(func=cmd_users_passwd)
     ul = usub.add_parser("list", help="list users and roles")
     ul.set_defaults(func=cmd_users_list)
+    ul = usub.add_parser("lockouts", help="user names and addresses locked out (or with failed sign-ins)")
+    ul.set_defaults(func=cmd_users_lockouts)
+    ul = usub.add_parser("unlock", help="lift a sign-in lockout now")
+    target = ul.add_mutually_exclusive_group(required=True)
+    target.add_argument("name", nargs="?", help="user name")
+    target.add_argument("--client", metavar="ADDR", help="a client address instead (see `users lockouts`)")
+    ul.set_defaults(func=cmd_users_unlock)
+    ul = usub.add_parser("sessions", help="open sign-in sessions")
+    ul.set_defaults(func=cmd_users_sessions)
+
+    sp = sub.add_parser("api", help="serve the Decision API (JSON over HTTP, bearer tokens)")
+    sp.add_argument("--host", default="127.0.0.1")
+    sp.add_argument("--port", type=whole_number, default=8000)
+    sp.add_argument("--workers", type=whole_number, default=1, help="worker processes (default 1)")
+    sp.add_argument("--no-access-log", action="store_true", help="do not log one line per request")
+    sp.set_defaults(func=cmd_api)
+
+    sp = sub.add_parser("tokens", help="manage the Decision API's client tokens")
+    tsub = sp.add_subparsers(metavar="ACTION", required=True)
+    tp = tsub.add_parser("create", help="create a client's token and print it (once)")
+    tp.add_argument("name")
+    tp.add_argument("--admin", action="store_true", help="may read every decision, not only its own")
+    tp.set_defaults(func=cmd_tokens_create)
+    tp = tsub.add_parser("list", help="list clients, roles and whether their token is valid")
+    tp.set_defaults(func=cmd_tokens_list)
+    tp = tsub.add_parser("revoke", help="revoke a client's token (at once, on every replica)")
+    tp.add_argument("name")
+    tp.set_defaults(func=cmd_tokens_revoke)
     return p
 
 
-def cmd_users_add(args) -> int:
+def _users_ready():
     from runtime.migrations import migrate
+
+    s = _settings()
+    migrate(s)
+    return s
+
+
+def cmd_users_add(args) -> int:
     from runtime.users import add_user, read_password
 
-    migrate(_settings())
-    add_user(_settings(), args.name, args.role, read_password())
-    _say(f"user {args.name!r} saved with role {args.role}")
+    s = _users_ready()
+    stored = add_user(s, args.name, args.role, read_password())
+    note = f" (names are stored stripped and lowercase; you typed {args.name!r})" if stored != args.name else ""
+    _say(f"created user {stored!r} with role {args.role}{note}")
+    return 0
+
+
+def cmd_users_set(args) -> int:
+    from runtime.users import set_role
+
+    _say(set_role(_users_ready(), args.name, args.role))
+    return 0
+
+
+def cmd_users_passwd(args) -> int:
+    from runtime.users import read_password, set_password
+
+    s = _users_ready()
+    _say(set_password(s, args.name, read_password()))
     return 0
 
 
 def cmd_users_list(args) -> int:
-    from runtime.migrations import migrate
     from runtime.users import list_users
 
-    migrate(_settings())
-    for name, role in list_users(_settings()):
+    for name, role in list_users(_users_ready()):
         print(f"{name}\t{role}")
+    return 0
+
+
+def cmd_api(args) -> int:
+    import uvicorn
+
+    from runtime.migrations import migrate
+
+    if not 0 < args.port < 65536:
+        raise ValueError(f"--port must be between 1 and 65535, got {args.port}")
+    if not 1 <= args.workers <= 64:
+        raise ValueError(f"--workers must be between 1 and 64, got {args.workers}")
+    try:
+        migrate(_settings())
+    except Exception as exc:
+        from runtime.health import unavailable
+
+        down = unavailable(exc, _settings())
+        if down is None:
+            raise
+        # A replica starts anyway: /healthz answers 503 until Postgres is back.
+        _say(f"warning: {down}; serving anyway (/healthz says 503 until it answers)")
+    _say(
+        f"Decision API on http://{args.host}:{args.port} ({args.workers} worker{'s' * (args.workers > 1)}); "
+        f"docs at /docs; tokens: uv run loan-desk tokens create NAME"
+    )
+    # An import string (not the app object) so that each worker process builds its own app.
+    uvicorn.run(
+        "api.app:create_app_from_env",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        access_log=not args.no_access_log,
+        server_header=False,
+        log_level="info",
+    )
+    return 0
+
+
+def cmd_tokens_create(args) -> int:
+    from runtime.migrations import migrate
+    from runtime.tokens import create_token
+
+    migrate(_settings())
+    role = "admin" if args.admin else "client"
+    token = create_token(_settings(), args.name, role)
+    print(token)
+    _say(
+        f"token for client {args.name.strip().lower()!r} (role {role}) printed above; it is shown only this once "
+        "(Loan Desk keeps only its SHA-256). Send it as `Authorization: Bearer <token>`."
+    )
+    return 0
+
+
+def cmd_tokens_list(args) -> int:
+    from runtime.migrations import migrate
+    from runtime.tokens import list_tokens
+
+    migrate(_settings())
+    for t in list_tokens(_settings()):
+        state = f"revoked {t.revoked_at:%Y-%m-%d %H:%M}" if t.revoked_at else "valid"
+        print(f"{t.name}\t{t.role}\tcreated {t.created_at:%Y-%m-%d %H:%M}\t{state}")
+    return 0
+
+
+def cmd_tokens_revoke(args) -> int:
+    from runtime.migrations import migrate
+    from runtime.tokens import revoke_token
+
+    migrate(_settings())
+    revoke_token(_settings(), args.name)
+    _say(f"token of client {args.name.strip().lower()!r} revoked; its requests are refused from now on")
+    return 0
+
+
+def cmd_users_lockouts(args) -> int:
+    from runtime.errors import clip
+    from runtime.signin import lockouts
+
+    rows = lockouts(_users_ready())
+    if not rows:
+        _say("no lockouts and no recent failed sign-ins")
+        return 0
+    print("kind\tname or address\tstate\tfailures\tlast failure (UTC)")
+    for r in rows:
+        state = f"locked until {r['locked_until']:%Y-%m-%d %H:%M:%S}" if r["locked"] else "not locked"
+        last = f"{r['last_failure']:%Y-%m-%d %H:%M:%S}" if r["last_failure"] else "-"
+        print(f"{r['kind']}\t{clip(r['key'], 64)}\t{state}\t{r['failures']}\t{last}")
+    return 0
+
+
+def cmd_users_unlock(args) -> int:
+    from runtime.errors import clip
+    from runtime.signin import unlock
+    from runtime.users import normalise
+
+    s = _users_ready()
+    if args.client:
+        what = f"address {clip(args.client, 64)!r}"
+        done = unlock(s, args.client.strip(), kind="client")
+    else:
+        what = f"user name {clip(normalise(args.name), 64)!r}"
+        done = unlock(s, args.name, kind="user")
+    _say(f"{what}: lockout lifted and failures cleared" if done else f"{what} was not locked; nothing changed")
+    return 0
+
+
+def cmd_users_sessions(args) -> int:
+    from runtime.sessions import open_sessions
+
+    rows = open_sessions(_users_ready())
+    if not rows:
+        _say("no open sessions")
+        return 0
+    print("user\tclient\tsigned in (UTC)\tlast seen (UTC)\texpires (UTC)")
+    for r in rows:
+        print(
+            f"{r['username']}\t{r['client']}\t{r['created_at']:%Y-%m-%d %H:%M}\t"
+            f"{r['last_seen']:%Y-%m-%d %H:%M}\t{r['expires_at']:%Y-%m-%d %H:%M}"
+        )
     return 0
 
 

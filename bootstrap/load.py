@@ -357,7 +357,11 @@ def write_dataset(conn: psycopg.Connection, data: synthetic.Dataset, info: dict)
         old = _switch(conn, gen)
         conn.execute("DELETE FROM loan_desk_dataset")
         full = {**info, "rows": counts, "loaded_at": datetime.now(UTC).isoformat()}
-        conn.execute("INSERT INTO loan_desk_dataset (info) VALUES (%s)", [json.dumps(full)])
+        # Dated at the switch, not at the start of the transaction: a materialization that ran
+        # during the COPY read the old data and must count as older than this load.
+        conn.execute(
+            "INSERT INTO loan_desk_dataset (loaded_at, info) VALUES (clock_timestamp(), %s)", [json.dumps(full)]
+        )
     kept = drop_tables(conn, old)
     if kept:
         _say(f"  {', '.join(kept)} still in use: the next load drops it")

@@ -1,4 +1,8 @@
-"""Run the Streamlit app with the project's settings (`loan-desk serve`, and the last step of `loan-desk`)."""
+"""Run the Streamlit app with the project's settings (`loan-desk serve`, and the last step of `loan-desk`).
+
+It serves asgi.py: Streamlit's st.App running streamlit_app.py, with the routes that set the
+HttpOnly session cookie.
+"""
 
 from __future__ import annotations
 
@@ -16,7 +20,7 @@ def streamlit_command(port: int, address: str) -> list[str]:
         "-m",
         "streamlit",
         "run",
-        str(ROOT / "streamlit_app.py"),
+        str(ROOT / "asgi.py"),  # streamlit_app.py plus the session-cookie routes
         "--server.port",
         str(port),
         "--server.address",

@@ -1,53 +1,68 @@
-"""A fast materialization writer that produces exactly Feast's Redis online format.
+"""Loan Desk's batch materialization engine: Feast's Redis online format, written fast.
+
+``feature_store.yaml`` selects it with ``batch_engine: {type: feast_ext.engine.LoanDeskEngine}``,
+so ``feast materialize``, ``feast materialize-incremental`` and ``FeatureStore.materialize[_incremental]``
+all run it, and Feast keeps the registry's state itself (the view's MATERIALIZING state, the
+materialization intervals, rolling back on an error).  ``LOAN_DESK_MATERIALIZER=feast`` builds
+the configuration with ``batch_engine: local`` instead: Feast's own engine, unchanged.
 
 Feast's local engine pulls the latest row per entity into Arrow, turns every value into a
-``ValueProto`` object, and hands lists of tuples to ``RedisOnlineStore.online_write_batch``,
-which (without ``skip_dedup``) first reads every key's timestamp and then writes through
-redis-py's pipeline.  Most of that time is Python object churn, not I/O.
+``ValueProto`` object and hands lists of tuples to ``RedisOnlineStore.online_write_batch``, which
+(without ``skip_dedup``) first reads every key's timestamp and then writes through redis-py's
+pipeline: most of its time is Python object churn, not I/O.  For each task this engine
 
-This writer does the same job in one pass per feature view:
+* runs one ``SELECT DISTINCT ON (join key) ... ORDER BY join key, event_timestamp DESC,
+  created_timestamp DESC`` over the task's window (``BETWEEN start AND end``, as Feast's
+  ``pull_latest_from_table_or_query``) on a binary server-side cursor, the next chunk fetched
+  in a thread while the current one is written;
+* encodes keys, field names and values with Feast's own building blocks: ``_mmh3`` field names
+  of the view's ``_versioned_fv_name``, ``ValueProto``/``Timestamp`` messages serialized by
+  protobuf (memoized per distinct value), the entity key in Feast's v3 layout checked at start
+  against ``serialize_entity_key`` (other entity types use Feast's function row by row);
+* writes raw Redis protocol: one ``HSET key _ts:<view> ts <mmh3(field)> value ...`` per entity
+  (plus ``EXPIRE`` when ``key_ttl_seconds`` is set), pipelined in chunks on one connection;
+* applies Feast's dedup rule unless ``online_store.skip_dedup`` is set or the caller asks to
+  overwrite (``engine.run(dedup=False)``): a row is skipped when the stored ``_ts:<view>`` is
+  the same instant or newer.
 
-* one ``SELECT DISTINCT ON (join keys) ... ORDER BY join keys, event_timestamp DESC,
-  created_timestamp DESC`` over the same window (``BETWEEN start AND end``, as Feast's
-  ``pull_latest_from_table_or_query``), streamed out of Postgres with binary COPY;
-* keys, field names and values encoded with Feast's own building blocks: ``_mmh3`` field
-  names, ``_versioned_fv_name``, ``ValueProto``/``Timestamp`` messages serialized by
-  protobuf (memoized per distinct value), and the entity key in Feast's v3 layout, checked
-  at start-up against ``serialize_entity_key`` (any other entity shape uses Feast's function
-  row by row);
-* written as raw Redis protocol: one ``HSET key _ts:<view> ts <mmh3(field)> value ...`` per
-  entity (plus ``EXPIRE`` when ``key_ttl_seconds`` is set), sent in pipelined chunks on one
-  connection;
-* with Feast's dedup rule unless the caller knows the keys are new: a row is skipped when the
-  stored ``_ts:<view>`` is the same instant or newer;
-* then recording the materialization interval in the registry exactly as
-  ``FeatureStore.materialize`` does (state MATERIALIZING while writing, then
-  ``registry.apply_materialization(view, project, start, end)``).
+Postgres comes from ``repo_config.offline_store``, Redis from ``repo_config.online_store``.
+What it cannot serve (another offline store or source type, a Redis cluster or sentinel,
+several join keys, transformations, views that also write offline) fails the task with
+``WriterUnsupported``, saying to use Feast's engine; nothing is written then.
 
-``tests/test_online_writer.py`` materializes the same data with Feast and with this writer
-into two Redis databases and compares every key and every hash field byte by byte.
+``tests/test_online_writer.py`` materializes the same data through ``FeatureStore.materialize``
+with Feast's engine and with this one into two Redis databases and compares every key, hash
+field and TTL.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import queue
 import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
+from typing import Literal
 
+from feast.infra.common.materialization_job import MaterializationJob, MaterializationJobStatus
+from feast.infra.compute_engines.base import ComputeEngine
+from feast.repo_config import FeastConfigBaseModel
 from psycopg import sql
+from pydantic import Field
 
 DEFAULT_CHUNK_ROWS = 20_000
 _CACHE_LIMIT = 500_000  # distinct encoded values kept per column before the memo is reset
 _EPOCH_US = "(extract(epoch FROM {col}) * 1000000)::bigint"
+log = logging.getLogger(__name__)
+_USE_FEAST = "use Feast's own engine for it (`batch_engine: local`, or LOAN_DESK_MATERIALIZER=feast)"
 
 
 class WriterUnsupported(RuntimeError):
-    """The configuration needs Feast's own materialization (e.g. a Redis cluster)."""
+    """The configuration or view needs Feast's own engine (e.g. a Redis cluster)."""
 
 
 @dataclass
@@ -59,18 +74,32 @@ class ViewResult:
 
 
 @dataclass
-class WriteResult:
-    start: datetime
-    end: datetime
+class TrackedKeys:
+    """The online keys a refresh of one view holds (written, or already up to date)."""
+
+    view: str
+    join_keys: tuple[str, ...]
+    fields: list[bytes]  # the view's hash fields, as Feast names them (features, then _ts:<view>)
+    keys: set[bytes]
+
+
+@dataclass
+class EngineRun:
+    """Options and results of the materializations a thread runs inside ``LoanDeskEngine.run``."""
+
+    dedup: bool | None = None  # None: Feast's rule unless online_store.skip_dedup
+    track_keys: bool = False
+    progress: Callable[[str, int], None] | None = None  # (view, rows pulled so far)
     views: list[ViewResult] = field(default_factory=list)
+    tracked: list[TrackedKeys] = field(default_factory=list)
 
     @property
     def rows(self) -> int:
         return sum(v.rows for v in self.views)
 
     @property
-    def seconds(self) -> float:
-        return sum(v.seconds for v in self.views)
+    def written(self) -> int:
+        return sum(v.written for v in self.views)
 
 
 # --- encoding -----------------------------------------------------------------------------------
@@ -188,22 +217,55 @@ class _ViewPlan:
     ts_col: str
     created_col: str | None
 
+    @property
+    def fields(self) -> list[bytes]:
+        from feast.infra.online_stores.helpers import _mmh3
 
-def _plan(store, fv) -> _ViewPlan:
+        return [_mmh3(f"{self.name}:{n}") for n in self.feature_names] + [f"_ts:{self.name}".encode()]
+
+
+def check_config(config) -> None:
+    """Refuse, with a reason, the stores this engine cannot serve."""
+    from feast.infra.offline_stores.contrib.postgres_offline_store.postgres import PostgreSQLOfflineStoreConfig
+    from feast.infra.online_stores.redis import RedisOnlineStoreConfig, RedisType
+
+    if not isinstance(config.offline_store, PostgreSQLOfflineStoreConfig):
+        raise WriterUnsupported(
+            f"the Loan Desk engine reads a PostgreSQL offline store, not {config.offline_store.type!r}: {_USE_FEAST}"
+        )
+    online = config.online_store
+    if not isinstance(online, RedisOnlineStoreConfig) or online.redis_type != RedisType.redis:
+        kind = getattr(online, "redis_type", None) or getattr(online, "type", type(online).__name__)
+        kind = getattr(kind, "value", kind)
+        raise WriterUnsupported(f"the Loan Desk engine writes to one Redis/Valkey server, not {kind}: {_USE_FEAST}")
+    if config.entity_key_serialization_version < 3:
+        raise WriterUnsupported(f"entity_key_serialization_version must be 3 for the Loan Desk engine: {_USE_FEAST}")
+
+
+def _plan(config, fv) -> _ViewPlan:
+    from feast.infra.offline_stores.contrib.postgres_offline_store.postgres_source import PostgreSQLSource
     from feast.infra.online_stores.redis import _versioned_fv_name
 
     src = fv.batch_source
-    if src is None or not hasattr(src, "get_table_query_string"):
-        raise WriterUnsupported(f"{fv.name}: only PostgreSQL sources are supported")
+    if not isinstance(src, PostgreSQLSource):
+        raise WriterUnsupported(
+            f"{fv.name}: its source is a {type(src).__name__}, not a PostgreSQL table: {_USE_FEAST}"
+        )
+    if getattr(fv, "feature_transformation", None) or getattr(fv, "aggregations", None):
+        raise WriterUnsupported(f"{fv.name}: transformations and aggregations are not supported: {_USE_FEAST}")
+    if getattr(fv, "offline", False):
+        raise WriterUnsupported(
+            f"{fv.name}: views that also write to the offline store are not supported: {_USE_FEAST}"
+        )
     entities = list(fv.entity_columns)
     if len(entities) != 1:
-        raise WriterUnsupported(f"{fv.name}: the fast writer handles one join key per view")
+        raise WriterUnsupported(f"{fv.name}: the Loan Desk engine handles one join key per view: {_USE_FEAST}")
     reverse = {v: k for k, v in (src.field_mapping or {}).items()}
     join_key = entities[0].name
     feats = list(fv.features)
     return _ViewPlan(
         fv=fv,
-        name=_versioned_fv_name(fv, store.config),
+        name=_versioned_fv_name(fv, config),
         join_key=join_key,
         source_columns=[reverse.get(join_key, join_key)] + [reverse.get(f.name, f.name) for f in feats],
         feature_names=[f.name for f in feats],
@@ -226,6 +288,23 @@ def latest_rows_query(plan: _ViewPlan) -> sql.Composed:
         "SELECT DISTINCT ON ({jk}) {cols}, " + _EPOCH_US + " AS _ts_us FROM {table} AS a "
         "WHERE {ts} BETWEEN %(start)s AND %(end)s ORDER BY {jk}, {order}"
     ).format(jk=jk, cols=cols, col=ts, table=sql.SQL(plan.table), ts=ts, order=sql.SQL(", ").join(order))
+
+
+def pg_connect(offline_config, connect_timeout_s: int = 10):
+    """An autocommit connection from the offline store's settings (Feast's conninfo and options)."""
+    import psycopg
+    from feast.infra.utils.postgres.connection_utils import _get_conn_kwargs, _get_conninfo
+
+    conn = psycopg.connect(
+        conninfo=_get_conninfo(offline_config),
+        autocommit=True,
+        connect_timeout=connect_timeout_s,
+        keepalives_idle=offline_config.keepalives_idle,
+        **_get_conn_kwargs(offline_config),
+    )
+    conn.execute("SET TimeZone = 'UTC'")
+    conn.execute("SET jit = off")  # JIT compiles the scan for ~1 s and wins nothing on this query
+    return conn
 
 
 def _stream_chunks(conn, plan: _ViewPlan, start: datetime, end: datetime, chunk_rows: int) -> Iterator[list]:
@@ -318,24 +397,22 @@ class _RawPipe:
         self._client.connection_pool.release(self._conn)
 
 
-def redis_client_for(store, timeout_s: float = 60.0):
+def redis_client_for(config, timeout_s: float = 60.0):
     """A redis-py client from Feast's connection string, with timeouts fit for bulk writes."""
-    from feast.infra.online_stores.redis import RedisOnlineStore, RedisType
+    from feast.infra.online_stores.redis import RedisOnlineStore
     from redis import Redis
 
-    cfg = store.config.online_store
-    if getattr(cfg, "type", None) != "redis" or cfg.redis_type != RedisType.redis:
-        raise WriterUnsupported("the fast writer supports a single Redis/Valkey server only")
-    nodes, kwargs = RedisOnlineStore._parse_connection_string(cfg.connection_string)
+    check_config(config)
+    nodes, kwargs = RedisOnlineStore._parse_connection_string(config.online_store.connection_string)
     kwargs.update(host=nodes[0]["host"], port=int(nodes[0]["port"]), socket_timeout=timeout_s)
     kwargs["socket_connect_timeout"] = max(float(kwargs.get("socket_connect_timeout") or 0), 5.0)
     return Redis(**kwargs)
 
 
 def write_view(
-    store,
+    config,
     pg_conn,
-    fv,
+    plan: _ViewPlan,
     start: datetime,
     end: datetime,
     *,
@@ -343,23 +420,23 @@ def write_view(
     dedup: bool = True,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
     progress: Callable[[str, int], None] | None = None,
+    keys_out: set[bytes] | None = None,
 ) -> ViewResult:
-    """Write the latest row per entity of ``fv`` in [start, end] to the online store."""
-    from feast.infra.online_stores.helpers import _mmh3
+    """Write the latest row per entity of the plan's view in [start, end] to the online store.
 
+    ``keys_out`` receives every key of the window (written, or skipped as already up to date).
+    """
     t0 = time.perf_counter()
-    plan = _plan(store, fv)
-    cfg = store.config
-    key_of = _KeyEncoder(plan.join_key, plan.value_types[0], cfg.project, cfg.entity_key_serialization_version)
-    ts_field = f"_ts:{plan.name}".encode()
-    ts_field_bulk = _bulk(ts_field)
-    names = [_bulk(_mmh3(f"{plan.name}:{n}")) for n in plan.feature_names]
+    fv = plan.fv
+    key_of = _KeyEncoder(plan.join_key, plan.value_types[0], config.project, config.entity_key_serialization_version)
+    ts_field_bulk = _bulk(f"_ts:{plan.name}".encode())
+    names = [_bulk(f) for f in plan.fields[:-1]]
     encoders = [_value_encoder(vt) for vt in plan.value_types[1:]]
     caches: list[dict] = [{} for _ in encoders]
     ts_cache: dict[int, bytes] = {}
     n_fields = 1 + len(names)
     header = b"*%d\r\n$4\r\nHSET\r\n" % (2 + 2 * n_fields)
-    ttl = getattr(cfg.online_store, "key_ttl_seconds", None)
+    ttl = getattr(config.online_store, "key_ttl_seconds", None)
     expire = b"$%d\r\n%d\r\n" % (len(str(ttl)), ttl) if ttl else b""
     per_row_replies = 2 if ttl else 1
 
@@ -397,6 +474,8 @@ def write_view(
             cols = list(zip(*chunk, strict=True))
             del chunk
             keys = [key_of(v) for v in cols[0]]
+            if keys_out is not None:
+                keys_out.update(keys)
             stamps = cols[-1]
             if dedup:  # Feast's rule: skip when the stored timestamp is the same instant or newer
                 probe = b"".join(b"*3\r\n$5\r\nHMGET\r\n%b%b" % (_bulk(k), ts_field_bulk) for k in keys)
@@ -432,132 +511,198 @@ def _ts_us(raw: bytes) -> int:
     return t.seconds * 1_000_000 + t.nanos // 1000
 
 
-# --- FeatureStore-level entry points ----------------------------------------------------------
-def _record(store, fv, start: datetime, end: datetime) -> None:
-    """What FeatureStore.materialize does to the registry around one view."""
-    store.registry.apply_materialization(fv, store.project, start, end)
+# --- the keys of a refresh ------------------------------------------------------------------------
+def is_project_key(key: bytes, project: str) -> bool:
+    """True when ``key`` is a Feast Redis key of ``project``: a v3 serialized entity key, then the name.
 
-
-def _mark_materializing(store, fv):
-    from feast.feature_view import FeatureViewState
-
-    state = getattr(fv, "state", None)
-    if state is None or state == FeatureViewState.STATE_UNSPECIFIED:
-        return state
-    if state == FeatureViewState.MATERIALIZING:
-        return FeatureViewState.GENERATED
-    if not state.can_transition_to(FeatureViewState.MATERIALIZING):
-        raise ValueError(f"FeatureView {fv.name} cannot transition from {state.name} to MATERIALIZING.")
-    fv.state = FeatureViewState.MATERIALIZING
-    store.registry.apply_feature_view(fv, store.project, commit=True)
-    return state
-
-
-def _restore_state(store, fv, previous) -> None:
-    from feast.feature_view import FeatureViewState
-
-    if previous is not None and previous != FeatureViewState.STATE_UNSPECIFIED:
-        fv.state = previous
-        store.registry.apply_feature_view(fv, store.project, commit=True)
-
-
-def _views(store, names: list[str] | None):
-    views = [fv for fv in store.list_feature_views() if fv.online]
-    if names is not None:
-        wanted = set(names)
-        views = [fv for fv in views if fv.name in wanted]
-        missing = wanted - {fv.name for fv in views}
-        if missing:
-            raise ValueError(f"unknown or offline-only feature views: {', '.join(sorted(missing))}")
-    return views
-
-
-def materialize(
-    store,
-    pg_kwargs: dict,
-    start: datetime,
-    end: datetime,
-    feature_views: list[str] | None = None,
-    *,
-    dedup: bool = True,
-    chunk_rows: int = DEFAULT_CHUNK_ROWS,
-    progress: Callable[[str, int], None] | None = None,
-) -> WriteResult:
-    """Like ``FeatureStore.materialize(start, end, feature_views)``, with the fast writer.
-
-    ``dedup=False`` skips reading the stored timestamps first (Feast's ``skip_dedup``); only
-    use it when the view's keys are known to be absent (e.g. right after clearing them).
+    A suffix match alone is not enough: project ``xcredit`` also ends with ``credit``.
     """
-    return _run(store, pg_kwargs, end, feature_views, lambda fv: start, dedup, chunk_rows, progress)
-
-
-def materialize_incremental(
-    store,
-    pg_kwargs: dict,
-    end: datetime,
-    feature_views: list[str] | None = None,
-    *,
-    chunk_rows: int = DEFAULT_CHUNK_ROWS,
-    progress: Callable[[str, int], None] | None = None,
-) -> WriteResult:
-    """Like ``FeatureStore.materialize_incremental``: each view from its last end time (or now - TTL)."""
-
-    def start_of(fv) -> datetime:
-        if fv.most_recent_end_time is not None:
-            return _aware(fv.most_recent_end_time)
-        if fv.ttl is None:
-            raise ValueError(
-                f"No start time found for feature view {fv.name}: it has no TTL and was never materialized"
-            )
-        if fv.ttl.total_seconds() > 0:
-            return datetime.now(UTC) - fv.ttl
-        return datetime.now(UTC) - timedelta(weeks=52)
-
-    return _run(store, pg_kwargs, end, feature_views, start_of, True, chunk_rows, progress)
-
-
-def _aware(d: datetime) -> datetime:
-    return d if d.tzinfo else d.replace(tzinfo=UTC)
-
-
-def _run(store, pg_kwargs, end, names, start_of, dedup, chunk_rows, progress) -> WriteResult:
-    import psycopg
-
-    end = _aware(end)
-    views = _views(store, names)
-    client = redis_client_for(store)
-    plans = [(fv, _aware(start_of(fv))) for fv in views]
-    for _fv, start in plans:
-        if start > end:
-            raise ValueError(f"The given start_date {start} is greater than the given end_date {end}.")
-    result = WriteResult(start=min((s for _, s in plans), default=end), end=end)
+    suffix = project.encode()
+    body = len(key) - len(suffix)
+    if body < 4 or not key.endswith(suffix):
+        return False
     try:
-        with psycopg.connect(**pg_kwargs, autocommit=True) as conn:
-            conn.execute("SET TimeZone = 'UTC'")
-            conn.execute("SET jit = off")  # JIT compiles the scan for ~1 s and wins nothing on this query
-            for fv, start in plans:
-                previous = _mark_materializing(store, fv)
-                try:
-                    result.views.append(
-                        write_view(
-                            store,
-                            conn,
-                            fv,
-                            start,
-                            end,
-                            client=client,
-                            dedup=dedup,
-                            chunk_rows=chunk_rows,
-                            progress=progress,
-                        )
-                    )
-                except Exception:
-                    _restore_state(store, fv, previous)
-                    raise
-                _record(store, fv, start, end)
+        (n,) = struct.unpack_from("<I", key, 0)
+        if not 0 < n <= 64:
+            return False
+        pos = 4
+        for i in range(2 * n):  # n join key names (STRING), then n values
+            kind, length = struct.unpack_from("<II", key, pos)
+            if i < n and kind != 2:  # ValueType.STRING
+                return False
+            pos += 8 + length
+            if pos > body:
+                return False
+        return pos == body
+    except struct.error:
+        return False
+
+
+def tracked_keys(plan: _ViewPlan, keys: set[bytes]) -> TrackedKeys:
+    return TrackedKeys(plan.fv.name, (plan.join_key,), plan.fields, keys)
+
+
+def collect_keys(config, fv, start: datetime, end: datetime, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> TrackedKeys:
+    """The keys a materialization of ``fv`` over [start, end] writes, without writing (for Feast's engine)."""
+    check_config(config)
+    plan = _plan(config, fv)
+    key_of = _KeyEncoder(plan.join_key, plan.value_types[0], config.project, config.entity_key_serialization_version)
+    keys: set[bytes] = set()
+    with pg_connect(config.offline_store) as conn:
+        for chunk in _stream_chunks(conn, plan, start, end, chunk_rows):
+            keys.update(key_of(row[0]) for row in chunk)
+    return tracked_keys(plan, keys)
+
+
+def remove_untracked(config, tracked: list[TrackedKeys]) -> int:
+    """After a refresh of every view: drop this project's online rows the refresh did not hold.
+
+    Keys no view holds are unlinked; on a key that some views sharing its entity hold and
+    others do not, the others' fields are removed.  Only keys of ``config.project`` (checked
+    by layout, not just by suffix) are touched.  Returns the number of keys unlinked.
+    """
+    if not tracked:
+        return 0
+    client = redis_client_for(config)
+    held = set().union(*(t.keys for t in tracked))
+    removed, batch = 0, []
+    try:
+        for key in client.scan_iter(match=b"*" + config.project.encode(), count=10_000):
+            if key not in held and is_project_key(key, config.project):
+                batch.append(key)
+                if len(batch) >= 10_000:
+                    removed += client.unlink(*batch)
+                    batch = []
+        if batch:
+            removed += client.unlink(*batch)
+        groups: dict[tuple[str, ...], list[TrackedKeys]] = {}
+        for t in tracked:
+            groups.setdefault(t.join_keys, []).append(t)
+        for views in groups.values():
+            if len(views) < 2:
+                continue
+            shared = set().union(*(v.keys for v in views))
+            with client.pipeline(transaction=False) as pipe:
+                for v in views:
+                    for key in shared - v.keys:
+                        pipe.hdel(key, *v.fields)
+                pipe.execute()
     finally:
         client.close()
-    precompute = getattr(store, "_precompute_affected_services", None)
-    if precompute and views:
-        precompute([fv.name for fv in views])
-    return result
+    return removed
+
+
+# --- the Feast compute engine ---------------------------------------------------------------------
+class LoanDeskEngineConfig(FeastConfigBaseModel):
+    """``batch_engine: {type: feast_ext.engine.LoanDeskEngine, chunk_rows: 20000}``."""
+
+    type: Literal["feast_ext.engine.LoanDeskEngine"] = "feast_ext.engine.LoanDeskEngine"
+    chunk_rows: int = Field(DEFAULT_CHUNK_ROWS, gt=0, le=1_000_000)
+    """Rows fetched from Postgres and written to Redis per round trip."""
+
+
+class LoanDeskMaterializationJob(MaterializationJob):
+    def __init__(self, job_id: str, status: MaterializationJobStatus, error: BaseException | None = None):
+        self._job_id, self._status, self._error = job_id, status, error
+
+    def status(self) -> MaterializationJobStatus:
+        return self._status
+
+    def error(self) -> BaseException | None:
+        return self._error
+
+    def should_be_retried(self) -> bool:
+        return False
+
+    def job_id(self) -> str:
+        return self._job_id
+
+    def url(self) -> str | None:
+        return None
+
+
+class LoanDeskEngine(ComputeEngine):
+    """Feast compute engine: materialization with the fast writer above; nothing to provision."""
+
+    def __init__(self, *, repo_config, offline_store, online_store, **engine_config):
+        super().__init__(repo_config=repo_config, offline_store=offline_store, online_store=online_store)
+        self.config = LoanDeskEngineConfig(**engine_config)
+        self._local = threading.local()
+
+    def update(self, project, views_to_delete, views_to_keep, entities_to_delete, entities_to_keep) -> None:
+        pass
+
+    def teardown_infra(self, project, fvs, entities) -> None:
+        pass
+
+    @contextlib.contextmanager
+    def run(
+        self,
+        *,
+        dedup: bool | None = None,
+        track_keys: bool = False,
+        progress: Callable[[str, int], None] | None = None,
+    ) -> Iterator[EngineRun]:
+        """Options for the materializations this thread runs inside the block; yields their results.
+
+        ``dedup=False`` overwrites whatever is stored (a full refresh); ``track_keys`` collects
+        every key written per view, for ``remove_untracked``.
+        """
+        run = EngineRun(dedup=dedup, track_keys=track_keys, progress=progress)
+        stack = self._runs()
+        stack.append(run)
+        try:
+            yield run
+        finally:
+            stack.remove(run)
+
+    def _runs(self) -> list[EngineRun]:
+        if not hasattr(self._local, "runs"):
+            self._local.runs = []
+        return self._local.runs
+
+    def _materialize_one(self, registry, task, **kwargs) -> LoanDeskMaterializationJob:
+        job_id = f"{task.feature_view.name}-{task.start_time}-{task.end_time}"
+        runs = self._runs()
+        run = runs[-1] if runs else EngineRun()
+        try:
+            run.views.append(self._write(task, run))
+        except Exception as exc:  # Feast raises it and rolls the view's state back
+            return LoanDeskMaterializationJob(job_id, MaterializationJobStatus.ERROR, exc)
+        return LoanDeskMaterializationJob(job_id, MaterializationJobStatus.SUCCEEDED)
+
+    def _write(self, task, run: EngineRun) -> ViewResult:
+        cfg = self.repo_config
+        check_config(cfg)
+        if not task.only_latest:
+            raise WriterUnsupported(f"{task.feature_view.name}: only the latest row per entity is supported")
+        plan = _plan(cfg, task.feature_view)
+        start, end = task.start_time, task.end_time
+        if task.disable_event_timestamp:  # Feast: everything from 1970 up to now
+            start, end = datetime(1970, 1, 1, tzinfo=UTC), datetime.now(UTC)
+        dedup = run.dedup if run.dedup is not None else not cfg.online_store.skip_dedup
+        keys: set[bytes] | None = set() if run.track_keys else None
+        client = redis_client_for(cfg)
+        try:
+            with pg_connect(cfg.offline_store) as conn:
+                result = write_view(
+                    cfg,
+                    conn,
+                    plan,
+                    start,
+                    end,
+                    client=client,
+                    dedup=dedup,
+                    chunk_rows=self.config.chunk_rows,
+                    progress=run.progress,
+                    keys_out=keys,
+                )
+        finally:
+            client.close()
+        if keys is not None:
+            run.tracked.append(tracked_keys(plan, keys))
+        log.info(
+            "Loan Desk engine: %s %s..%s: %d rows, %d written in %.2f s",
+            plan.name, start, end, result.rows, result.written, result.seconds,
+        )  # fmt: skip
+        return result

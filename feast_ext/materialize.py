@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import os
+import contextlib
 import sys
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from feast_ext.store import clear_online, feature_store, online_key_count
+from feast_ext.store import feature_store, new_feature_store, online_key_count
 from runtime import db
+from runtime import runs as run_log
 from runtime.runs import LOCK_KEY
 from runtime.settings import Settings
 
@@ -65,6 +66,41 @@ def needs_full_refresh(store, conn: object) -> bool:
     return loaded is not None and (done is None or done < loaded)
 
 
+def _write_views(settings: Settings, store, views, start, end, full: bool, step) -> None:
+    """Materialize every view through Feast (and so through the configured batch engine).
+
+    A full refresh never leaves a decision without features: it overwrites every entity of
+    the window first (no dedup, so the values of a replaced dataset are replaced), and only
+    when every view is written removes this project's keys the refresh did not write (entities
+    no longer in the data).  If a write fails, nothing is removed.
+    """
+    from feast_ext.engine import LoanDeskEngine, collect_keys, remove_untracked
+
+    engine = store._get_provider().batch_engine
+    ours = isinstance(engine, LoanDeskEngine)
+    # Feast's own engine (LOAN_DESK_MATERIALIZER=feast) overwrites with its skip_dedup setting.
+    writer = store if ours or not full else new_feature_store(settings, online_store={"skip_dedup": True})
+    tracked = []
+    for i, fv in enumerate(views, 1):
+        step(f"[{i}/{len(views)}] materializing {fv.name} ...")
+
+        def done(view: str, n: int, i=i) -> None:
+            step(f"[{i}/{len(views)}] {view}: {n:,} rows written")
+
+        options = engine.run(dedup=False if full else None, track_keys=full, progress=done) if ours else None
+        with options or contextlib.nullcontext() as run:
+            if full:
+                writer.materialize(start_date=start, end_date=end, feature_views=[fv.name])
+            else:
+                writer.materialize_incremental(end_date=end, feature_views=[fv.name])
+        if full:
+            tracked += run.tracked if ours else [collect_keys(writer.config, fv, start, end)]
+    if full:
+        removed = remove_untracked(store.config, tracked)
+        if removed:
+            step(f"removed {removed:,} online rows of entities no longer in the data")
+
+
 def materialize(
     settings: Settings,
     requested_by: str = "cli",
@@ -85,6 +121,7 @@ def materialize(
         if not conn.execute("SELECT pg_try_advisory_lock(%s)", [LOCK_KEY]).fetchone()[0]:
             raise AlreadyRunning("a materialization is already running")
         try:
+            run_log.settle_earlier_runs(conn)
             run_id = conn.execute(
                 "INSERT INTO loan_desk_materialize_runs (requested_by, window_end) VALUES (%s, %s) RETURNING id",
                 [requested_by, end],
@@ -107,37 +144,7 @@ def materialize(
                 if full:
                     longest = max((fv.ttl for fv in views if fv.ttl), default=None)
                     start = end - longest if longest else datetime(1970, 1, 1, tzinfo=UTC)
-                    cleared = clear_online(settings)
-                    if cleared:
-                        step(f"cleared {cleared:,} online rows of earlier data")
-                # The fast writer (feast_ext/engine.py) writes Feast's exact online format and
-                # records the same registry intervals; LOAN_DESK_MATERIALIZER=feast uses Feast's engine.
-                fast = os.environ.get("LOAN_DESK_MATERIALIZER", "fast") != "feast"
-                if fast:
-                    from feast_ext import engine as online_writer
-
-                    try:
-                        online_writer.redis_client_for(store).close()
-                    except online_writer.WriterUnsupported:
-                        fast = False
-                for i, fv in enumerate(views, 1):
-                    step(f"[{i}/{len(views)}] materializing {fv.name} ...")
-
-                    def done(view: str, n: int, i=i) -> None:
-                        step(f"[{i}/{len(views)}] {view}: {n:,} rows written")
-
-                    if fast and full:  # keys were just cleared: no stored timestamps to compare
-                        online_writer.materialize(
-                            store, settings.pg_kwargs(), start, end, [fv.name], dedup=False, progress=done
-                        )
-                    elif fast:
-                        online_writer.materialize_incremental(
-                            store, settings.pg_kwargs(), end, [fv.name], progress=done
-                        )
-                    elif full:
-                        store.materialize(start_date=start, end_date=end, feature_views=[fv.name])
-                    else:
-                        store.materialize_incremental(end_date=end, feature_views=[fv.name])
+                _write_views(settings, store, views, start, end, full, step)
                 rows = online_key_count(settings)
                 seconds = time.perf_counter() - t0
                 conn.execute(
@@ -146,12 +153,18 @@ def materialize(
                     ["full" if full else "incremental", start, rows, seconds, run_id],
                 )
             except Exception as exc:
-                conn.execute(
-                    "UPDATE loan_desk_materialize_runs SET finished_at = now(), status = 'failed', "
-                    "seconds = %s, error = %s WHERE id = %s",
-                    [time.perf_counter() - t0, f"{type(exc).__name__}: {exc}"[:2000], run_id],
-                )
+                error, seconds = f"{type(exc).__name__}: {exc}"[:2000], time.perf_counter() - t0
+                try:
+                    conn.execute(
+                        "UPDATE loan_desk_materialize_runs SET finished_at = now(), status = 'failed', "
+                        "seconds = %s, error = %s WHERE id = %s",
+                        [seconds, error, run_id],
+                    )
+                except Exception:  # Postgres went away: the next run writes it
+                    run_log.remember_unrecorded(run_id, error, seconds)
                 raise
         finally:
-            conn.execute("SELECT pg_advisory_unlock(%s)", [LOCK_KEY])
+            if not conn.closed:
+                with contextlib.suppress(Exception):  # a lost connection has released the lock already
+                    conn.execute("SELECT pg_advisory_unlock(%s)", [LOCK_KEY])
     return MaterializeResult("full" if full else "incremental", start, end, seconds, rows)

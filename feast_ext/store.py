@@ -19,15 +19,26 @@ from runtime.settings import FEATURE_REPO, Settings
 _store_lock = threading.Lock()
 
 
-def repo_config(settings: Settings):
-    """feature_store.yaml as a RepoConfig, its placeholders filled from ``settings``."""
+def repo_config(settings: Settings, **changes):
+    """feature_store.yaml as a RepoConfig, its placeholders filled from ``settings``.
+
+    ``settings.materializer == "feast"`` selects Feast's own engine (``batch_engine: local``).
+    ``changes`` replace top-level entries; a dict is merged into the section it names, e.g.
+    ``repo_config(s, online_store={"key_ttl_seconds": 60}, batch_engine="local")``.
+    """
     import yaml
     from feast.repo_config import RepoConfig
 
     env = settings.feast_env()
     text = (FEATURE_REPO / "feature_store.yaml").read_text()
     filled = re.sub(r"\$\{(\w+)\}", lambda m: env[m.group(1)], text)
-    config = RepoConfig(**yaml.safe_load(filled))
+    data = yaml.safe_load(filled)
+    if settings.materializer == "feast":
+        data["batch_engine"] = "local"
+    for key, value in changes.items():
+        section = data.get(key)
+        data[key] = {**section, **value} if isinstance(value, dict) and isinstance(section, dict) else value
+    config = RepoConfig(**data)
     config.repo_path = FEATURE_REPO
     return config
 
@@ -37,6 +48,14 @@ def _cached_store(settings: Settings):
     from feast import FeatureStore
 
     return FeatureStore(repo_path=str(FEATURE_REPO), config=repo_config(settings))
+
+
+def new_feature_store(settings: Settings, **changes):
+    """A FeatureStore of its own (not the process's shared one), its configuration changed as
+    ``repo_config(settings, **changes)`` describes."""
+    from feast import FeatureStore
+
+    return FeatureStore(repo_path=str(FEATURE_REPO), config=repo_config(settings, **changes))
 
 
 def feature_store(settings: Settings | None = None):
@@ -79,11 +98,14 @@ def project_key_suffix(settings: Settings) -> bytes:
 
 def _project_keys(settings: Settings):
     """(client, iterator over this project's online keys): a SCAN, about 1 s per million keys;
-    other keys sharing the Redis db are left out."""
+    other keys sharing the Redis db (another project's, whatever its name ends with) are left out."""
     import redis
 
+    from feast_ext.engine import is_project_key
+
     r = redis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=2)
-    return r, r.scan_iter(match=b"*" + project_key_suffix(settings), count=10_000)
+    keys = r.scan_iter(match=b"*" + project_key_suffix(settings), count=10_000)
+    return r, (k for k in keys if is_project_key(k, settings.project))
 
 
 def online_key_count(settings: Settings) -> int:

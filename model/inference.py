@@ -10,18 +10,26 @@ contributions.  It is thread-safe.
 
 Policy for missing online features: an applicant without a credit file, or a zipcode
 without statistics, is refused with ``MissingFeatures`` — Loan Desk never decides on a
-silent NaN; such an application goes to manual underwriting.  Features older than their
-view's TTL are used but flagged ``stale``.
+silent NaN; such an application goes to manual underwriting.  A view's row older than the
+view's TTL counts as no row, exactly as in the point-in-time join that built the training
+set (which leaves such a row out), and the message says so with the row's as-of date.
+
+The model comes from the current bundle (model/bundles.py): the service holds one loaded
+bundle — booster, threshold and version together — and reads the tiny ``current`` pointer on
+every decision; when it names another bundle, that one is loaded and checked, then swapped in
+as a whole.  A bundle that fails the checks is refused (``BundleInvalid``, logged once) and the
+last good bundle keeps deciding, with a warning on each decision.
 
 Errors are typed: ``ApplicationError`` (bad input, with a message per field),
 ``MissingFeatures``, ``StoreUnavailable`` (Valkey unreachable or timing out) and
-``ModelUnavailable`` (no trained model).
+``ModelUnavailable`` (no usable model; ``BundleInvalid`` when the current bundle is refused).
 """
 
 from __future__ import annotations
 
-import json
+import logging
 import math
+import re
 import threading
 import time
 from collections.abc import Mapping
@@ -32,8 +40,13 @@ from pathlib import Path
 import numpy as np
 import xgboost as xgb
 
+from feast_ext.online_reader import OnlineReader
+from model import bundles
 from model import features as F
+from model.bundles import Bundle, BundleError
 from runtime.schema import LIMITS
+
+log = logging.getLogger(__name__)
 
 LABELS = {
     "dob_ssn": "Applicant ID",
@@ -63,9 +76,31 @@ class ApplicationError(DecisionError, ValueError):
 
 
 class MissingFeatures(DecisionError):
-    def __init__(self, missing: list[str], message: str):
+    """``missing``: the views without a usable row; ``stale``: those among them whose row is older
+    than the view's TTL, with the row's event timestamp."""
+
+    def __init__(self, missing: list[str], message: str, stale: dict[str, datetime] | None = None):
         self.missing = missing
+        self.stale = stale or {}
         super().__init__(message)
+
+
+class DataReloaded(MissingFeatures):
+    """The data was replaced after the online store was filled or the model trained: refer, do not decide."""
+
+    def __init__(self, state, steps: list[str]):
+        self.steps = steps
+        what = (
+            "the online features and the model are"
+            if len(steps) == 2
+            else ("the online features are" if "materialize" in steps[0] else "the model is")
+        )
+        super().__init__(
+            [],
+            f"The data was reloaded on {state.loaded_at:%Y-%m-%d %H:%M} UTC and {what} older than it: Loan Desk "
+            f"does not decide on them until {' and '.join(f'`{c}`' for c in steps)} "
+            f"{'have' if len(steps) == 2 else 'has'} run. Refer the application to manual underwriting.",
+        )
 
 
 class StoreUnavailable(DecisionError):
@@ -74,6 +109,20 @@ class StoreUnavailable(DecisionError):
 
 class ModelUnavailable(DecisionError):
     pass
+
+
+class BundleInvalid(ModelUnavailable):
+    """The current model bundle cannot be used: a file is unreadable or corrupt, or the booster
+    does not match its metadata.  ``version`` names the refused bundle, ``reason`` says why."""
+
+    def __init__(self, version: str | None, reason: str, message: str):
+        self.version = version
+        self.reason = reason
+        super().__init__(message)
+
+    def again(self) -> BundleInvalid:
+        """A fresh copy to raise (one remembered instance is never raised in several threads)."""
+        return BundleInvalid(self.version, self.reason, str(self))
 
 
 # --- the application ------------------------------------------------------------------------
@@ -93,15 +142,44 @@ class Application:
         return asdict(self)
 
 
+# A number typed or sent as text: ASCII digits only, an optional sign, thousands commas in
+# groups of three, an optional decimal point. Python's float() would also take "１２３",
+# "1_000", "1e5", "nan" or "inf"; none of them is an amount an officer typed.
+_NUMBER_RE = re.compile(r"[+-]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|[+-]?\.\d+", re.ASCII)
+ECHO_CHARS = 40
+
+
+def echo(value: object) -> str:
+    """Input repeated in a message: a short prefix, never the whole of a long or binary value."""
+    text = value if isinstance(value, str) else repr(value)
+    text = text.replace("\x00", "\\0")
+    return repr(text[:ECHO_CHARS] + "…") if len(text) > ECHO_CHARS else repr(text)
+
+
 def _number(raw: Mapping, key: str, errors: dict, integer: bool = False):
     value = raw.get(key)
     if value is None or (isinstance(value, str) and not value.strip()):
         errors[key] = "is required"
         return None
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        errors[key] = f"must be a number, got {echo(value)}"
+        return None
+    if isinstance(value, str):
+        text = value.strip()
+        if "\x00" in text:
+            errors[key] = "contains a NUL byte; type the number again"
+            return None
+        if not _NUMBER_RE.fullmatch(text):
+            errors[key] = f"must be a number written with the digits 0-9, got {echo(value)}"
+            return None
+        value = text.replace(",", "")
     try:
-        num = float(str(value).replace(",", "").strip()) if isinstance(value, str) else float(value)
+        num = float(value)
+    except OverflowError:
+        errors[key] = "is far too large"
+        return None
     except (TypeError, ValueError):
-        errors[key] = f"must be a number, got {value!r}"
+        errors[key] = f"must be a number, got {echo(value)}"
         return None
     if math.isnan(num) or math.isinf(num):
         errors[key] = "must be a finite number"
@@ -121,8 +199,9 @@ def _dob_ssn(raw: Mapping, errors: dict) -> str | None:
     if key:
         key = str(key).strip()
         parts = key.split("_")
-        if len(parts) != 2 or len(parts[0]) != 8 or len(parts[1]) != 4 or not (parts[0] + parts[1]).isdigit():
-            errors["dob_ssn"] = f"must look like YYYYMMDD_NNNN, got {key!r}"
+        digits = parts[0] + parts[1] if len(parts) == 2 else ""
+        if len(parts) != 2 or len(parts[0]) != 8 or len(parts[1]) != 4 or not (digits.isascii() and digits.isdigit()):
+            errors["dob_ssn"] = "must look like YYYYMMDD_NNNN (date of birth, underscore, SSN last four)"
             return None
         try:
             datetime.strptime(parts[0], "%Y%m%d")
@@ -143,13 +222,13 @@ def _dob_ssn(raw: Mapping, errors: dict) -> str | None:
         try:
             dob = datetime.strptime(str(dob).strip(), "%Y-%m-%d").date()
         except ValueError:
-            errors["date_of_birth"] = f"must be a date YYYY-MM-DD, got {dob!r}"
+            errors["date_of_birth"] = "must be a date YYYY-MM-DD"
             return None
     if not date(1900, 1, 1) <= dob <= datetime.now(UTC).date():
         errors["date_of_birth"] = "must be between 1900-01-01 and today"
         return None
     ssn = str(ssn).strip()
-    if len(ssn) != 4 or not ssn.isdigit():
+    if len(ssn) != 4 or not (ssn.isascii() and ssn.isdigit()):
         errors["ssn_last4"] = "must be exactly four digits"
         return None
     return f"{dob:%Y%m%d}_{ssn}"
@@ -165,6 +244,8 @@ def parse_application(raw: Mapping | Application) -> Application:
     """Validate raw input; raises ApplicationError with one message per bad field."""
     if isinstance(raw, Application):
         raw = raw.as_dict()
+    if not isinstance(raw, Mapping):
+        raise ApplicationError({"application": f"must be a set of named fields (a mapping), got {type(raw).__name__}"})
     errors: dict[str, str] = {}
     key = _dob_ssn(raw, errors)
     zipcode = raw.get("zipcode")
@@ -173,8 +254,8 @@ def parse_application(raw: Mapping | Application) -> Application:
         errors["zipcode"] = "is required"
     else:
         text = str(zipcode).strip()
-        if not text.isdigit() or len(text) > 5 or int(text) == 0:
-            errors["zipcode"] = f"must be a US zipcode of up to five digits, got {zipcode!r}"
+        if not (text.isascii() and text.isdigit()) or len(text) > 5 or int(text) == 0:
+            errors["zipcode"] = f"must be a US zipcode of up to five digits, got {echo(zipcode)}"
         else:
             zip_ok = int(text)
     age = _number(raw, "person_age", errors, integer=True)
@@ -206,7 +287,7 @@ class FeatureValue:
     view: str
     value: object
     event_timestamp: datetime | None
-    status: str  # ok | stale | missing
+    status: str  # ok | missing (a value the row lacks)
 
 
 @dataclass
@@ -227,7 +308,6 @@ class Decision:
     contributions: dict[str, float]
     base_value: float
     features: list[FeatureValue]
-    stale: list[str]
     model_version: str
     latency_ms: float = 0.0
     warnings: list[str] = field(default_factory=list)
@@ -255,11 +335,15 @@ class DecisionService:
         self._store = store
         self._settings = settings
         self._model_dir = Path(model_dir or default_model_dir())
+        self._pointer = str(self._model_dir / bundles.POINTER)
         self._lock = threading.RLock()
-        self._booster: xgb.Booster | None = None
-        self._meta: dict = {}
-        self._model_mtime = 0.0
+        self._load_lock = threading.Lock()
+        self._bundle: Bundle | None = None  # the last good bundle: swapped as one object, never mutated
+        self._refused: BundleInvalid | None = None  # what the pointer names now, if it was refused
         self._reader = None
+        self._data_state = None  # (checked at, runtime.dataset.DataState | None)
+
+    DATA_STATE_TTL_S = 5.0
 
     @classmethod
     def shared(cls) -> DecisionService:
@@ -280,37 +364,92 @@ class DecisionService:
                     self._store = feature_store(self._settings)
         return self._store
 
-    def model(self) -> tuple[xgb.Booster, dict]:
-        """The booster and its metadata; reloaded when `loan-desk train` writes a new one."""
-        path = self._model_dir / "model.json"
+    def bundle(self) -> Bundle:
+        """The bundle deciding now: the one the ``current`` pointer names, or — when that one is
+        refused — the last good one.  Cheap when nothing changed: one read of the pointer file."""
+        pointer = bundles.read_pointer(self._pointer)
+        good = self._bundle
+        if good is not None and pointer == good.version:
+            return good
+        refused = self._refused
+        if refused is not None and refused.version == pointer:
+            if good is not None:
+                return good
+            raise refused.again()
+        if not self._load_lock.acquire(blocking=good is None):
+            return good  # another thread is loading the new bundle; keep deciding with the current one
         try:
-            mtime = path.stat().st_mtime
-        except OSError:
-            raise ModelUnavailable(f"no trained model in {self._model_dir}: run `uv run loan-desk train`") from None
-        if self._booster is None or mtime != self._model_mtime:
-            with self._lock:
-                if self._booster is None or mtime != self._model_mtime:
-                    try:
-                        meta = json.loads((self._model_dir / "metadata.json").read_text())
-                        booster = xgb.Booster()
-                        booster.load_model(str(path))
-                        booster.set_param({"nthread": 1})
-                    except (OSError, ValueError, xgb.core.XGBoostError) as exc:
-                        raise ModelUnavailable(f"the model in {self._model_dir} cannot be read: {exc}") from None
-                    if meta.get("features") != list(F.FEATURES):
-                        raise ModelUnavailable("the saved model was trained on other features: retrain it")
-                    self._booster, self._meta, self._model_mtime = booster, meta, mtime
-        return self._booster, self._meta
+            return self._switch(pointer)
+        finally:
+            self._load_lock.release()
+
+    def _switch(self, pointer: str | None) -> Bundle:
+        good = self._bundle
+        if good is not None and pointer == good.version:
+            return good
+        if self._refused is not None and self._refused.version == pointer:
+            if good is not None:
+                return good
+            raise self._refused.again()
+        where = self._model_dir
+        if pointer is None:
+            if good is None:
+                if bundles.legacy_model(where):
+                    raise ModelUnavailable(
+                        f"the model in {where} was written by an earlier Loan Desk version and is not used: "
+                        "run `uv run loan-desk train`"
+                    )
+                raise ModelUnavailable(f"no trained model in {where}: run `uv run loan-desk train`")
+            reason = f"no model bundle is current in {where}"
+            refused = BundleInvalid(None, reason, f"{reason}; still deciding with model {good.version}")
+        else:
+            try:
+                bundle = bundles.load_bundle(pointer, where)
+            except BundleError as exc:
+                if good is not None:
+                    msg = f"{exc} — refused; still deciding with model {good.version}"
+                else:
+                    msg = (
+                        f"{exc} — refused, and no earlier model was loaded: run `uv run loan-desk train`, "
+                        "or `uv run loan-desk models use VERSION` to go back to an earlier bundle "
+                        "(`loan-desk models list`)"
+                    )
+                refused = BundleInvalid(pointer, exc.reason, msg)
+            else:
+                self._bundle, self._refused = bundle, None
+                if good is not None:
+                    log.info("model bundle %s replaces %s", bundle.version, good.version)
+                return bundle
+        log.warning("%s", refused)  # once per refused pointer: the refusal is remembered
+        self._refused = refused
+        if good is not None:
+            return good
+        raise refused.again()
+
+    @property
+    def model_problem(self) -> ModelUnavailable | None:
+        """Why the bundle the pointer names is not the one deciding, or why nothing can decide;
+        None when the current bundle is deciding."""
+        try:
+            self.bundle()
+        except ModelUnavailable as exc:
+            return exc
+        return self._refused
+
+    def model(self) -> tuple[xgb.Booster, dict]:
+        """The booster and the metadata of one and the same bundle."""
+        b = self.bundle()
+        return b.booster, b.metadata
 
     @property
     def metadata(self) -> dict:
-        return self.model()[1]
+        return self.bundle().metadata
 
     def reader(self) -> OnlineReader:
         if self._reader is None:
             with self._lock:
                 if self._reader is None:
-                    self._reader = OnlineReader(self.store)
+                    self._reader = OnlineReader(self.store, ("credit_history", "zipcode_features"), StoreUnavailable)
         return self._reader
 
     def warm(self) -> None:
@@ -324,48 +463,89 @@ class DecisionService:
         booster.predict(xgb.DMatrix(x, feature_names=_FEATURE_NAMES, nthread=1), pred_contribs=True)
 
     # -- deciding ---------------------------------------------------------------------------
+    def _usable(self, app: Application, credit, zipcode):
+        """Drop rows older than their view's TTL, as the point-in-time join does; refuse without both rows."""
+        now = datetime.now(UTC)
+        ttl = self.reader().ttl
+        stale: dict[str, datetime] = {}
+        rows = {"credit_history": credit, "zipcode_features": zipcode}
+        for view, row in rows.items():
+            if row is not None and row[1] is not None and now - row[1] > ttl[view]:
+                stale[view] = row[1]
+                rows[view] = None
+        missing = [view for view, row in rows.items() if row is None]
+        if not missing:
+            return rows["credit_history"], rows["zipcode_features"]
+        parts = []
+        if "credit_history" in stale:
+            parts.append(
+                f"this applicant's credit file is as of {stale['credit_history']:%Y-%m-%d}, older than the "
+                f"{_days(ttl['credit_history'])} TTL of the credit history, so it counts as missing (as in training)"
+            )
+        elif "credit_history" in missing:
+            parts.append("this applicant has no credit file in the online store")
+        if "zipcode_features" in stale:
+            parts.append(
+                f"the statistics of zipcode {app.zipcode:05d} are as of {stale['zipcode_features']:%Y-%m-%d}, older "
+                f"than the {_days(ttl['zipcode_features'])} TTL of the zipcode features, so they count as missing"
+            )
+        elif "zipcode_features" in missing:
+            parts.append(f"zipcode {app.zipcode:05d} has no statistics in the online store")
+        raise MissingFeatures(
+            missing,
+            "; ".join(parts) + ". Loan Desk does not decide without them: refer the application to manual "
+            "underwriting (or materialize, if newer data was loaded).",
+            stale,
+        )
+
+    def data_state(self):
+        """What is loaded, and when the online store was last filled (runtime.dataset.DataState),
+        read from Postgres at most every DATA_STATE_TTL_S seconds; None when it cannot be read
+        (the decision then goes on: it reads only Valkey, and recording it will say what is wrong)."""
+        cached = self._data_state
+        now = time.monotonic()
+        if cached is None or now - cached[0] > self.DATA_STATE_TTL_S:
+            from runtime.dataset import data_state
+            from runtime.settings import Settings
+
+            try:
+                state = data_state(self._settings or Settings.from_env())
+            except Exception:
+                state = cached[1] if cached else None
+            cached = self._data_state = (now, state)
+        return cached[1]
+
+    def outdated_by_reload(self, model: Bundle | None = None) -> list[str]:
+        """The steps to run before deciding again, when a load replaced the data since the online
+        store was filled or the model trained (empty: nothing outdated)."""
+        state = self.data_state()
+        if state is None:
+            return []
+        return state.what_to_run((model or self.bundle()).metadata)
+
     def decide(self, raw: Mapping | Application) -> Decision:
         t0 = time.perf_counter()
         app = parse_application(raw)
-        booster, meta = self.model()
-        credit, zipcode = self.reader().read(app.dob_ssn, app.zipcode)
-        missing = []
-        if credit is None:
-            missing.append("credit_history")
-        if zipcode is None:
-            missing.append("zipcode_features")
-        if missing:
-            parts = []
-            if credit is None:
-                parts.append(f"applicant {app.dob_ssn} has no credit file in the online store")
-            if zipcode is None:
-                parts.append(f"zipcode {app.zipcode:05d} has no statistics in the online store")
-            raise MissingFeatures(
-                missing,
-                "; ".join(parts) + ". Loan Desk does not decide without them: refer the "
-                "application to manual underwriting (or materialize, if the data was just loaded).",
-            )
+        model = self.bundle()  # booster, threshold and version of one bundle, for this whole decision
+        if steps := self.outdated_by_reload(model):
+            raise DataReloaded(self.data_state(), steps)
+        booster = model.booster
+        credit, zipcode = self._usable(app, *self.reader().read(app.dob_ssn, app.zipcode))
         c_vals, c_ts = credit
         z_vals, z_ts = zipcode
         x = F.row_vector(app.as_dict(), c_vals, z_vals)
         probability = float(booster.inplace_predict(x)[0])
         # nthread=1: building a one-row DMatrix with the OpenMP pool costs up to ~9 ms at p99 on a busy machine.
         contribs = booster.predict(xgb.DMatrix(x, feature_names=_FEATURE_NAMES, nthread=1), pred_contribs=True)[0]
-        threshold = float(meta["threshold"])
 
-        now = datetime.now(UTC)
-        feats, stale = [], []
+        feats = []
         for view, values, ts, names in (
             ("credit_history", c_vals, c_ts, F.CREDIT_FEATURES),
             ("zipcode_features", z_vals, z_ts, (*F.ZIPCODE_TEXT, *F.ZIPCODE_FEATURES)),
         ):
-            is_stale = ts is not None and now - ts > self.reader().ttl[view]
-            if is_stale:
-                stale.append(view)
             for n in names:
                 v = values.get(n)
-                status = "missing" if v is None else ("stale" if is_stale else "ok")
-                feats.append(FeatureValue(n, view, v, ts, status))
+                feats.append(FeatureValue(n, view, v, ts, "missing" if v is None else "ok"))
         contributions = {name: float(contribs[i]) for i, name in enumerate(F.FEATURES)}
         shown = {**app.as_dict(), **c_vals, **z_vals}
         shown["loan_pct_income"] = round(float(x[0, F.INDEX["loan_pct_income"]]), 3)
@@ -373,95 +553,22 @@ class DecisionService:
         shown["avg_wage_zip"] = round(float(x[0, F.INDEX["avg_wage_zip"]]))
         top = sorted(contributions.items(), key=lambda kv: abs(kv[1]), reverse=True)[:TOP_REASONS]
         reasons = [Reason(name, shown.get(name), c, "raises risk" if c > 0 else "lowers risk") for name, c in top]
-        warnings = [f"{v} features are older than their {self.reader().ttl[v].days}-day TTL" for v in stale]
+        refused = self._refused
+        warnings = [str(refused)] if refused is not None else []
         return Decision(
             application=app,
             probability=probability,
-            decision="reject" if probability >= threshold else "approve",
-            threshold=threshold,
+            decision="reject" if probability >= model.threshold else "approve",
+            threshold=model.threshold,
             reasons=reasons,
             contributions=contributions,
             base_value=float(contribs[-1]),
             features=feats,
-            stale=stale,
-            model_version=meta["model_version"],
+            model_version=model.version,
             latency_ms=(time.perf_counter() - t0) * 1000,
             warnings=warnings,
         )
 
 
-class OnlineReader:
-    """Both entities' online rows in one pipelined round trip, through Feast's Redis store.
-
-    It uses the online store object Feast configured from feature_store.yaml: Feast builds the
-    keys, runs the HMGETs (with the socket timeouts from the connection string) and decodes
-    the values.  ``FeatureStore.get_online_features`` does the same plus generic request
-    handling that costs about a millisecond per call; the tests check both agree.
-    """
-
-    def __init__(self, store):
-        from feast.protos.feast.types.EntityKey_pb2 import EntityKey
-        from feast.protos.feast.types.Value_pb2 import Value
-
-        self._EntityKey, self._Value = EntityKey, Value
-        self.config = store.config
-        self.online = store._get_provider().online_store
-        views = {fv.name: fv for fv in store.list_feature_views()}
-        missing = {"credit_history", "zipcode_features"} - set(views)
-        if missing:
-            raise StoreUnavailable(
-                f"feature views {', '.join(sorted(missing))} are not registered: run `uv run loan-desk apply`"
-            )
-        self.ttl = {name: fv.ttl or timedelta(days=36500) for name, fv in views.items()}
-        self._configured = None
-        self._plan = {}
-        for view, names in (
-            ("credit_history", list(F.CREDIT_FEATURES)),
-            ("zipcode_features", [*F.ZIPCODE_TEXT, *F.ZIPCODE_FEATURES]),
-        ):
-            requested, fields = self.online._generate_hset_keys_for_features(views[view], list(names))
-            self._plan[view] = (requested, fields)
-
-    def _key(self, join_key: str, value) -> bytes:
-        v = self._Value(string_val=value) if isinstance(value, str) else self._Value(int64_val=value)
-        ek = self._EntityKey(join_keys=[join_key], entity_values=[v])
-        return self.online._generate_redis_keys_for_entities(self.config, [ek])[0]
-
-    def read(self, dob_ssn: str, zipcode: int):
-        """((credit values, ts) | None, (zipcode values, ts) | None)."""
-        import redis
-
-        keys = {"credit_history": self._key("dob_ssn", dob_ssn), "zipcode_features": self._key("zipcode", zipcode)}
-        commands = [(keys[v], self._plan[v][1]) for v in ("credit_history", "zipcode_features")]
-        self._prepare_client()
-        try:
-            replies = self.online._read_hash_fields(self.config, commands)
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
-            raise StoreUnavailable(f"the online store (Valkey) is unreachable: {exc}") from None
-        except redis.exceptions.RedisError as exc:
-            raise StoreUnavailable(f"the online store (Valkey) answered with an error: {exc}") from None
-        out = []
-        for view, values in zip(("credit_history", "zipcode_features"), replies, strict=True):
-            requested = list(self._plan[view][0])
-            if values[-1] is None:  # no timestamp field: Feast never wrote this entity
-                out.append(None)
-                continue
-            ts, protos = self.online._get_features_for_entity(values, view, requested)
-            decoded = {}
-            for name, proto in (protos or {}).items():
-                kind = proto.WhichOneof("val")
-                decoded[name] = getattr(proto, kind) if kind else None
-            out.append((decoded, ts))
-        return out[0], out[1]
-
-    def _prepare_client(self) -> None:
-        """At most one quick retry: redis-py's default (3 retries with seconds of backoff) would
-        hold a decision for several seconds on a hung Valkey.  One retry still reconnects
-        transparently after Valkey restarts, so the service recovers without a restart."""
-        client = self.online._get_client(self.config.online_store)
-        if client is not self._configured:
-            from redis.backoff import NoBackoff
-            from redis.retry import Retry
-
-            client.set_retry(Retry(NoBackoff(), 1))
-            self._configured = client
+def _days(ttl: timedelta) -> str:
+    return f"{ttl.days}-day" if ttl == timedelta(days=ttl.days) else str(ttl)

@@ -3,13 +3,13 @@
 Entity rows are the loans (already in Postgres, so Feast reads them with SQL rather than
 uploading a frame); features come from ``get_historical_features`` for the feature service;
 the holdout is temporal: the model learns on earlier loans and is tested on the latest 20%.
+Each run publishes a new immutable bundle (booster + metadata, model/bundles.py) and then
+switches the ``current`` pointer to it; earlier bundles stay for `loan-desk models use`.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
-import os
 import sys
 import time
 from datetime import UTC, datetime
@@ -22,6 +22,8 @@ import psycopg
 import xgboost as xgb
 from sklearn.metrics import accuracy_score, brier_score_loss, roc_auc_score
 
+from model import bundles
+from model.bundles import current_metadata  # noqa: F401  (callers import it from here too)
 from model.features import FEATURE_SERVICE, FEATURES, frame_matrix
 from runtime.settings import Settings, model_dir
 
@@ -92,8 +94,15 @@ def _dataset_info(settings: Settings) -> dict:
     return row[0] if row else {}
 
 
-def train(store, settings: Settings, out_dir: Path | None = None, rounds: int = 600) -> dict:
+def train(
+    store, settings: Settings, out_dir: Path | None = None, rounds: int = 600, params: dict | None = None
+) -> dict:
+    """Train, then publish a new bundle in ``out_dir`` (default: the model folder) and make it current.
+
+    ``params`` override entries of PARAMS.  Returns the metadata, plus ``seconds`` and
+    ``written_to`` (the bundle's folder)."""
     out_dir = Path(out_dir or model_dir())
+    params = {**PARAMS, **(params or {})}
     t0 = time.perf_counter()
     df = training_frame(store)
     pit_s = time.perf_counter() - t0
@@ -110,7 +119,7 @@ def train(store, settings: Settings, out_dir: Path | None = None, rounds: int = 
     dfit = xgb.DMatrix(X[fit], label=y[fit], feature_names=list(FEATURES))
     dvalid = xgb.DMatrix(X[valid], label=y[valid], feature_names=list(FEATURES))
     booster = xgb.train(
-        PARAMS,
+        params,
         dfit,
         num_boost_round=rounds,
         evals=[(dvalid, "valid")],
@@ -137,6 +146,10 @@ def train(store, settings: Settings, out_dir: Path | None = None, rounds: int = 
 
     raw = booster.save_raw("json")
     model_version = datetime.now(UTC).strftime("%Y%m%d-%H%M%S") + "-" + hashlib.sha256(raw).hexdigest()[:8]
+    taken = 1
+    while bundles.bundle_path(model_version, out_dir).exists():  # the same booster again within a second
+        taken += 1
+        model_version = f"{model_version.rsplit('.', 1)[0]}.{taken}"
     gain = booster.get_score(importance_type="gain")
     meta = {
         "model_version": model_version,
@@ -157,15 +170,13 @@ def train(store, settings: Settings, out_dir: Path | None = None, rounds: int = 
         "share_without_credit_file": missing_credit,
         "point_in_time_join_seconds": pit_s,
         "boost_rounds": int(booster.num_boosted_rounds()),
-        "params": PARAMS,
+        "params": params,
         "dataset": _dataset_info(settings),
         "versions": {p: version(p) for p in ("feast", "xgboost-cpu", "pandas", "numpy", "scikit-learn") if _has(p)},
     }
-    out_dir.mkdir(parents=True, exist_ok=True)
-    _atomic_write(out_dir / "model.json", raw)
-    _atomic_write(out_dir / "metadata.json", json.dumps(meta, indent=2).encode())
+    bundle = bundles.publish(raw, meta, out_dir)
     meta["seconds"] = time.perf_counter() - t0
-    meta["written_to"] = str(out_dir)
+    meta["written_to"] = str(bundle.path)
     return meta
 
 
@@ -175,17 +186,3 @@ def _has(pkg: str) -> bool:
         return True
     except Exception:
         return False
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
-def current_metadata(out_dir: Path | None = None) -> dict | None:
-    path = Path(out_dir or model_dir()) / "metadata.json"
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None

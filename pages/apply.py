@@ -23,11 +23,12 @@ from model.inference import (
 from pages._ui import current_user, explain, guarded, require, settings, show_error
 from runtime import decisions as audit
 from runtime import explore
+from runtime.schema import masked_applicant
 
 # The form: who (zipcode, date of birth, SSN digits), then the model's application fields.
 FIELDS = ("zipcode", "date_of_birth", "ssn_last4", *APPLICATION_FIELDS)
 WHAT_IF = ("loan_amnt", "loan_int_rate", "person_income", "person_emp_length", "loan_intent", "person_home_ownership")
-STATUS_MARK = {"ok": "ok", "stale": "STALE (older than TTL)", "missing": "MISSING"}
+STATUS_MARK = {"ok": "ok", "missing": "MISSING"}
 
 
 def _fill_sample() -> None:
@@ -243,7 +244,7 @@ def _show(decision_id: int, decision) -> None:
     flagged = [f.name for f in decision.features if f.status != "ok"]
     st.markdown("**Features used** (from the online store)")
     if flagged:
-        st.warning(f"Stale or missing: {', '.join(flagged)}", icon=":material/warning:")
+        st.warning(f"Missing: {', '.join(flagged)}", icon=":material/warning:")
     st.dataframe(feats, hide_index=True, column_config={"as of": st.column_config.DatetimeColumn(format="iso8601")})
 
 
@@ -294,7 +295,7 @@ def _recent() -> None:
                 {
                     "decision id": r["id"],
                     "decided at (UTC)": f"{r['decided_at']:%Y-%m-%d %H:%M:%S}",
-                    "applicant": r["applicant"],
+                    "applicant": masked_applicant(r["applicant"]),
                     "zipcode": f"{r['zipcode']:05d}",
                     "amount": f"{r['loan_amnt']:,.0f}",
                     "intent": r["loan_intent"],
@@ -308,8 +309,25 @@ def _recent() -> None:
         st.table(table)
 
 
+def _reload_notice() -> None:
+    """Say so before anyone types, when a load replaced the data since the online store or the model."""
+    try:
+        steps = DecisionService.shared().outdated_by_reload()
+    except Exception:  # no model yet and the like: deciding says what is wrong
+        return
+    if steps:
+        state = DecisionService.shared().data_state()
+        st.warning(
+            f"The data was reloaded on {state.loaded_at:%Y-%m-%d %H:%M} UTC. Until "
+            + " and ".join(f"`{c}`" for c in steps)
+            + " have run, applications are referred to manual underwriting, not decided.",
+            icon=":material/sync_problem:",
+        )
+
+
 require()
 st.title(":material/request_quote: New application")
+_reload_notice()
 left, right = st.columns([1, 1.3], gap="large")
 with left:
     st.button("Fill with a sample applicant", on_click=_fill_sample, icon=":material/person_add:")

@@ -8,7 +8,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from pages._ui import guarded, require, settings, show_error
+from pages._ui import guarded, plain, require, settings, show_error
 from runtime import explore as E
 from runtime.settings import Settings
 
@@ -145,19 +145,27 @@ def _entity_tab(s: Settings, view: E.View) -> None:
     examples = _examples(s, view.name)
     c1, c2 = st.columns([1, 1])
     with c1:
-        typed = st.text_input(f"{label}", key=f"entity_{view.name}", placeholder="type one, or pick below")
+        typed = st.text_input(
+            f"{label}", key=f"entity_{view.name}", placeholder="type one, or pick below", max_chars=64
+        )
         picked = st.selectbox("…or pick a recent one", examples, key=f"pick_{view.name}")
     key = (typed or "").strip() or picked
     if key is None or key == "":
         st.info("No entity to show.")
         return
+    if isinstance(key, str) and not key.isprintable():
+        st.error(f"The {label.lower()} you typed contains a NUL byte or another control character; type it again.")
+        return
     try:
         hist = _history(s, view.name, key)
     except ValueError:
-        st.error(f"{label} must be {'a number' if view.entity == 'zipcode' else 'YYYYMMDD_NNNN'}.")
+        st.error(
+            f"{label} must be {'a number' if view.entity == 'zipcode' else 'YYYYMMDD_NNNN'}; "
+            f"you typed “{plain(key, 40)}”."
+        )
         return
     if hist.empty:
-        st.warning(f"No {view.name} snapshots for {key}.")
+        st.warning(f"No {view.name} snapshots for “{plain(key, 40)}”.")
         return
     with c2:
         d = st.date_input(

@@ -15,7 +15,7 @@ import streamlit as st
 
 from feast_ext.materialize import AlreadyRunning, materialization_state, materialize
 from feast_ext.store import feature_store
-from pages._ui import ago, current_user, explain, guarded, require, settings, show_error
+from pages._ui import ago, current_user, explain, guarded, plain, require, settings, show_error
 from runtime import explore
 from runtime import runs as run_log
 from runtime.settings import Settings
@@ -86,20 +86,20 @@ def _history(s: Settings) -> None:
         return
     last = runs[0]
     if last["status"] == "failed":
-        st.error(f"The last run (#{last['id']}) failed: {last['error']}", icon=":material/error:")
+        st.error(f"The last run (#{last['id']}) failed: {plain(last['error'] or '', 300)}", icon=":material/error:")
     table = pd.DataFrame(
         [
             {
                 "run": r["id"],
-                "who": r["requested_by"],
+                "who": plain(r["requested_by"], 40),
                 "started (UTC)": f"{r['started_at']:%Y-%m-%d %H:%M:%S}",
                 "window": (f"{r['window_start']:%Y-%m-%d %H:%M}" if r["window_start"] else "since last run")
                 + f" → {r['window_end']:%Y-%m-%d %H:%M}",
-                "mode": r["mode"] or "",
+                "mode": plain(r["mode"] or ""),
                 "rows": "" if r["rows"] is None else f"{r['rows']:,}",
                 "duration": "" if r["seconds"] is None else f"{r['seconds']:.1f} s",
-                "result": r["status"],
-                "error": (r["error"] or "")[:300],
+                "result": plain(r["status"]),
+                "error": plain(r["error"] or "", 300),
             }
             for r in runs
         ]
@@ -118,8 +118,9 @@ def _progress(s: Settings) -> bool:
         return True
     elapsed = (datetime.now(UTC) - run["started_at"]).total_seconds()
     st.info(
-        f"Materialization #{run['id']} is running — started by **{run['requested_by']}** {ago(elapsed)} ago, "
-        f"up to {run['window_end']:%Y-%m-%d %H:%M} UTC. Progress: {run['progress'] or 'starting…'}",
+        f"Materialization #{run['id']} is running — started by **{plain(run['requested_by'], 40)}** "
+        f"{ago(elapsed)} ago, up to {run['window_end']:%Y-%m-%d %H:%M} UTC. "
+        f"Progress: {plain(run['progress'] or 'starting…', 200)}",
         icon=":material/sync:",
     )
     return True
@@ -165,7 +166,7 @@ if st.button(
         show_error(exc, "The materialization could not start")
         why_not = ""
     if why_not:
-        st.warning(why_not, icon=":material/hourglass_top:")
+        st.warning(plain(why_not), icon=":material/hourglass_top:")
     elif why_not is None:
         st.session_state["ld_mat_started"] = True
         st.rerun()
@@ -187,7 +188,7 @@ if running_now:
     _follow()
 elif st.session_state.pop("ld_mat_started", False):
     if runner().error:
-        st.error(f"The materialization failed: {runner().error}", icon=":material/error:")
+        st.error(f"The materialization failed: {plain(runner().error, 300)}", icon=":material/error:")
     else:
         st.success("Materialization complete.", icon=":material/check_circle:")
 

@@ -12,11 +12,14 @@ from pages._ui import require, show_error
 require()
 st.title(":material/fact_check: Model card")
 
+service = DecisionService.shared()
 try:
-    meta = DecisionService.shared().metadata
+    meta = service.metadata
 except Exception as exc:
     show_error(exc, "No model to describe")
     st.stop()
+if problem := service.model_problem:
+    st.warning(str(problem), icon=":material/warning:")
 
 m = meta.get("metrics", {})
 st.markdown(

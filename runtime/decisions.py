@@ -61,3 +61,17 @@ def recent_decisions(settings: Settings, username: str, limit: int = 20) -> list
             "ORDER BY decided_at DESC, id DESC LIMIT %s",
             [username, limit],
         ).fetchall()
+
+
+def decision_by_id(settings: Settings, decision_id: int, username: str | None = None) -> dict | None:
+    """One recorded decision, or None; with ``username``, only if that user made it."""
+    query = (
+        "SELECT id, decided_at, username, inputs, features, probability, decision, threshold, model_version, "
+        "latency_ms FROM loan_desk_decisions WHERE id = %s"
+    )
+    params: list = [decision_id]
+    if username is not None:
+        query += " AND username = %s"
+        params.append(username)
+    with db.connection(settings) as conn:
+        return conn.cursor(row_factory=dict_row).execute(query, params).fetchone()

@@ -59,8 +59,62 @@ CREATE TABLE IF NOT EXISTS loan_desk_dataset (
 );
 """,
     ),
+    (
+        2,
+        "server-side sign-in sessions, sign-in attempts and lockouts, normalised user names",
+        """
+-- Names are normalised (stripped, lowercase) when created; new rows must be, old rows are left alone.
+ALTER TABLE loan_desk_users
+    ADD CONSTRAINT loan_desk_users_name_normalised CHECK (name = lower(btrim(name))) NOT VALID;
+-- One row per sign-in. The browser's cookie holds a random id; only its SHA-256 is stored.
+CREATE TABLE loan_desk_sessions (
+    id_hash    bytea       PRIMARY KEY,
+    username   text        NOT NULL REFERENCES loan_desk_users (name) ON DELETE CASCADE ON UPDATE CASCADE,
+    client     text        NOT NULL DEFAULT '',
+    created_at timestamptz NOT NULL DEFAULT now(),
+    last_seen  timestamptz NOT NULL DEFAULT now(),
+    expires_at timestamptz NOT NULL,
+    ended_at   timestamptz,
+    ended_why  text,
+    CHECK ((ended_at IS NULL) = (ended_why IS NULL))
+);
+CREATE INDEX loan_desk_sessions_open ON loan_desk_sessions (username) WHERE ended_at IS NULL;
+-- Every sign-in attempt, successful or not (the name as typed, cut to 64 characters).
+CREATE TABLE loan_desk_signin_attempts (
+    id       bigserial   PRIMARY KEY,
+    at       timestamptz NOT NULL DEFAULT now(),
+    username text        NOT NULL,
+    client   text        NOT NULL,
+    outcome  text        NOT NULL CHECK (outcome IN ('ok', 'wrong password', 'unknown user', 'too soon', 'locked'))
+);
+CREATE INDEX loan_desk_signin_attempts_user ON loan_desk_signin_attempts (username, at DESC);
+CREATE INDEX loan_desk_signin_attempts_client ON loan_desk_signin_attempts (client, at DESC);
+-- Failure counters per user name and per client address: a growing delay, then a lockout.
+CREATE TABLE loan_desk_signin_limits (
+    kind          text        NOT NULL CHECK (kind IN ('user', 'client')),
+    key           text        NOT NULL,
+    failures      integer     NOT NULL DEFAULT 0,
+    last_failure  timestamptz,
+    next_allowed  timestamptz,
+    locked_until  timestamptz,
+    PRIMARY KEY (kind, key)
+);
+""",
+    ),
+    (
+        3,
+        "API tokens of client systems (sha256 hashes only)",
+        """
+CREATE TABLE loan_desk_api_tokens (
+    name       text PRIMARY KEY,
+    token_hash bytea NOT NULL UNIQUE CHECK (length(token_hash) = 32),
+    role       text NOT NULL CHECK (role IN ('client', 'admin')),
+    created_at timestamptz NOT NULL DEFAULT now(),
+    revoked_at timestamptz
+);
+""",
+    ),
 ]
-LATEST = MIGRATIONS[-1][0]
 _MIGRATE_LOCK = 0x4C444D49  # "LDMI"
 
 
@@ -68,11 +122,17 @@ class SchemaMissing(RuntimeError):
     """The database has not been set up (or is behind this version of Loan Desk)."""
 
 
-def current_version(conn) -> int:
+def applied_versions(conn) -> set[int]:
     exists = conn.execute("SELECT to_regclass('public.loan_desk_schema_migrations') IS NOT NULL").fetchone()[0]
     if not exists:
-        return 0
-    return conn.execute("SELECT coalesce(max(version), 0) FROM loan_desk_schema_migrations").fetchone()[0]
+        return set()
+    return {v for (v,) in conn.execute("SELECT version FROM loan_desk_schema_migrations")}
+
+
+def missing_versions(conn) -> list[int]:
+    """Every known migration the database has not applied (not only those above its newest)."""
+    have = applied_versions(conn)
+    return [v for v, _, _ in MIGRATIONS if v not in have]
 
 
 def migrate(settings: Settings) -> list[int]:
@@ -80,7 +140,7 @@ def migrate(settings: Settings) -> list[int]:
     db.ensure_database(settings)
     applied = []
     with db.connect(settings, job=True) as conn:
-        if current_version(conn) >= LATEST:
+        if not missing_versions(conn):
             return applied
         conn.execute("SELECT pg_advisory_lock(%s)", [_MIGRATE_LOCK])
         try:
@@ -88,9 +148,9 @@ def migrate(settings: Settings) -> list[int]:
                 "CREATE TABLE IF NOT EXISTS loan_desk_schema_migrations ("
                 " version integer PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
             )
-            have = current_version(conn)
+            have = applied_versions(conn)
             for version, name, ddl in MIGRATIONS:
-                if version <= have:
+                if version in have:
                     continue
                 with conn.transaction():
                     conn.execute(ddl)
@@ -105,5 +165,5 @@ def migrate(settings: Settings) -> list[int]:
 
 def require(conn) -> None:
     """Raise SchemaMissing with the step to run when the database is not migrated."""
-    if current_version(conn) < LATEST:
+    if missing_versions(conn):
         raise SchemaMissing("the database has no Loan Desk tables yet: run `uv run loan-desk` (or any step) first")

@@ -1,34 +1,60 @@
-"""Materialization runs, as recorded by feast_ext.materialize, and its one-at-a-time lock."""
+"""Materialization runs, as recorded by feast_ext.materialize, and its one-at-a-time lock.
+
+A run's row says 'running' only while its process holds the advisory lock.  A run whose
+process is gone (killed, or its connection to Postgres lost) shows as 'interrupted', with
+the progress it had recorded; the next run marks it so in the table and completes its work.
+An error that could not be written when it happened (Postgres went away) is kept in a file
+under the data folder and written by the next run.
+"""
 
 from __future__ import annotations
+
+import contextlib
+import json
+import os
 
 from psycopg.rows import dict_row
 
 from runtime import db
-from runtime.settings import Settings
+from runtime.settings import Settings, home
+
+INTERRUPTED = (
+    "the process ended before the run finished (killed, or its connection was lost); the next run completes it"
+)
 
 # One materialization at a time across every session and process: a Postgres advisory lock.
 LOCK_KEY = 0x4C4F414E  # "LOAN"
+
+
+_LOCK_HELD = (
+    "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted "
+    "AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+    "AND classid::bigint = %s AND objid::bigint = %s AND objsubid = 1) AS held"
+)
+
+
+def _lock_params() -> list[int]:
+    return [(LOCK_KEY >> 32) & 0xFFFFFFFF, LOCK_KEY & 0xFFFFFFFF]
 
 
 def materialize_runs(settings: Settings, limit: int = 20) -> list[dict]:
     with db.connection(settings) as conn:
         cur = conn.cursor(row_factory=dict_row)
         return cur.execute(
+            "WITH lock AS (" + _LOCK_HELD + ") "
             "SELECT id, requested_by, started_at, finished_at, mode, window_start, window_end, rows, seconds, "
-            "status, progress, error FROM loan_desk_materialize_runs ORDER BY id DESC LIMIT %s",
-            [limit],
+            "CASE WHEN status = 'running' AND NOT (SELECT held FROM lock) THEN 'interrupted' ELSE status END "
+            "AS status, progress, CASE WHEN status = 'running' AND NOT (SELECT held FROM lock) "
+            "THEN coalesce(error, %s) ELSE error END AS error "
+            "FROM loan_desk_materialize_runs ORDER BY id DESC LIMIT %s",
+            [*_lock_params(), INTERRUPTED, limit],
         ).fetchall()
 
 
 def materialize_lock_held(settings: Settings) -> bool:
     """True while some session or process holds materialize's advisory lock."""
     with db.connection(settings) as conn:
-        return conn.execute(
-            "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted "
-            "AND classid::bigint = %s AND objid::bigint = %s AND objsubid = 1)",
-            [(LOCK_KEY >> 32) & 0xFFFFFFFF, LOCK_KEY & 0xFFFFFFFF],
-        ).fetchone()[0]
+        return conn.execute(_LOCK_HELD, _lock_params()).fetchone()[0]
 
 
 def active_run(settings: Settings) -> dict | None:
@@ -41,3 +67,43 @@ def active_run(settings: Settings) -> dict | None:
             "SELECT id, requested_by, started_at, window_end, progress FROM loan_desk_materialize_runs "
             "WHERE status = 'running' ORDER BY id DESC LIMIT 1"
         ).fetchone()
+
+
+# --- for the run that holds the lock (feast_ext.materialize) ---------------------------------
+def _unrecorded_path():
+    return home() / "unrecorded-run-errors.jsonl"
+
+
+def remember_unrecorded(run_id: int, error: str, seconds: float) -> None:
+    """Keep an error that could not be written to Postgres, for the next run to record."""
+    path = _unrecorded_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps({"id": run_id, "error": error[:2000], "seconds": seconds}) + "\n")
+
+
+def settle_earlier_runs(conn) -> int:
+    """Write the errors kept by earlier runs, and mark runs whose process is gone as interrupted.
+
+    Only the holder of the lock calls this, so no other run can be in progress."""
+    path = _unrecorded_path()
+    settled = 0
+    with contextlib.suppress(FileNotFoundError):
+        lines = path.read_text(encoding="utf-8").splitlines()
+        for line in lines:
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            settled += conn.execute(
+                "UPDATE loan_desk_materialize_runs SET status = 'failed', finished_at = coalesce(finished_at, now()), "
+                "seconds = %s, error = %s WHERE id = %s AND status = 'running'",
+                [rec.get("seconds"), f"{rec.get('error')} (recorded by the next run)", rec.get("id")],
+            ).rowcount
+        os.unlink(path)
+    settled += conn.execute(
+        "UPDATE loan_desk_materialize_runs SET status = 'interrupted', finished_at = coalesce(finished_at, now()), "
+        "error = coalesce(error, %s) WHERE status = 'running'",
+        [INTERRUPTED],
+    ).rowcount
+    return settled

@@ -28,3 +28,11 @@ LIMITS = {
     "loan_amnt": (500, 35_000),
     "loan_int_rate": (5.0, 25.0),
 }
+
+
+def masked_applicant(dob_ssn: str | None) -> str:
+    """The applicant id as pages, messages and logs show it: birth year and the SSN's last two
+    digits only (``19630621_4278`` → ``1963****_**78``); never the date of birth with the SSN."""
+    if not dob_ssn or len(dob_ssn) != 13 or dob_ssn[8] != "_":
+        return "********_****"
+    return f"{dob_ssn[:4]}****_**{dob_ssn[-2:]}"

@@ -31,6 +31,8 @@ REDIS_DEFAULT = "redis://127.0.0.1:6379/0"
 REDIS_SOCKET_TIMEOUT_S = 0.5
 REDIS_CONNECT_TIMEOUT_S = 0.5
 
+MATERIALIZERS = ("fast", "feast")
+
 # Setting any of these means "use my servers"; PGSSLMODE alone does not name a server.
 ENV_VARS = ("PGHOST", "PGPORT", "PGUSER", "PGPASSWORD", "PGDATABASE", "REDIS_URL")
 
@@ -70,6 +72,9 @@ class Timeouts:
     lock_s: float = 3.0
     idle_in_transaction_s: float = 30.0
     tcp_user_s: float = 10.0
+    # No reply after this long: ask Postgres on a second connection whether it is still
+    # working on the request (runtime/db.py), so a stalled network path fails in seconds.
+    reply_s: float = 2.0
 
     @classmethod
     def from_env(cls) -> Timeouts:
@@ -80,6 +85,7 @@ class Timeouts:
             lock_s=_seconds("LOAN_DESK_PG_LOCK_TIMEOUT_S", d.lock_s),
             idle_in_transaction_s=_seconds("LOAN_DESK_PG_IDLE_TX_TIMEOUT_S", d.idle_in_transaction_s),
             tcp_user_s=_seconds("LOAN_DESK_PG_TCP_USER_TIMEOUT_S", d.tcp_user_s),
+            reply_s=_seconds("LOAN_DESK_PG_REPLY_TIMEOUT_S", d.reply_s),
         )
 
 
@@ -97,6 +103,9 @@ class Settings:
     redis_password: str | None
     # Feast project: its name ends every online key, so two projects share a Redis db safely.
     project: str = "credit_scoring"
+    # Materialization engine: "fast" (feast_ext.engine, named in feature_store.yaml) or "feast"
+    # (Feast's own local engine); LOAN_DESK_MATERIALIZER.
+    materializer: str = "fast"
     timeouts: Timeouts = Timeouts()
     pool_size: int = 8
 
@@ -115,6 +124,11 @@ class Settings:
         project = os.environ.get("LOAN_DESK_FEAST_PROJECT") or "credit_scoring"
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_]{0,62}", project):
             raise ValueError(f"LOAN_DESK_FEAST_PROJECT must be letters, digits and '_', got {project[:40]!r}")
+        materializer = os.environ.get("LOAN_DESK_MATERIALIZER") or "fast"
+        if materializer not in MATERIALIZERS:
+            raise ValueError(
+                f"LOAN_DESK_MATERIALIZER must be one of {', '.join(MATERIALIZERS)}, got {materializer[:40]!r}"
+            )
         return cls(
             pghost=env["PGHOST"],
             pgport=port,
@@ -127,6 +141,7 @@ class Settings:
             redis_db=db,
             redis_password=parsed.password,
             project=project,
+            materializer=materializer,
             timeouts=Timeouts.from_env(),
         )
 

@@ -3,11 +3,13 @@
 One setting places everything a test run touches: ``LOAN_DESK_TEST_ID`` (default ``test``).
 
 * Databases ``loan_desk_<id>`` (the session's data), ``loan_desk_<id>_load`` and
-  ``loan_desk_<id>_fresh`` (scratch, dropped by their tests), ``loan_desk_<id>_writer_a``/``_b``
-  and ``loan_desk_<id>_bench`` (with ``_bench_1500`` and ``_bench_load_1500``).
+  ``loan_desk_<id>_fresh`` (scratch, dropped by their tests), ``loan_desk_<id>_reload``,
+  ``loan_desk_<id>_writer_a``/``_b`` and ``loan_desk_<id>_bench`` (with ``_bench_1500`` and
+  ``_bench_load_1500``).
 * Redis dbs 15 (the session), 10 and 11 (the writer tests) and 9 (the benchmarks) of the server
-  that REDIS_URL names (default 127.0.0.1:6379); every key the suite writes there ends with its
-  own Feast project name, ``loan_desk_<id>``, and the suite deletes keys only by that suffix.
+  that REDIS_URL names (default 127.0.0.1:6379); every key the suite writes there belongs to its
+  own Feast project, ``loan_desk_<id>``, or to a test's project ``loan_desk_<id>_<name>``
+  (``NAMES.project_for``), and the suite deletes keys only by project.
 
 The older individual variables still override single names: LOAN_DESK_TEST_PGDATABASE,
 LOAN_DESK_TEST_REDIS_URL, LOAN_DESK_WRITER_TEST_DB_A/_B, LOAN_DESK_WRITER_TEST_REDIS_A/_B,
@@ -52,6 +54,7 @@ class Names:
     db: str
     load_db: str
     fresh_db: str
+    reload_db: str
     writer_db_a: str
     writer_db_b: str
     bench_db: str
@@ -68,7 +71,20 @@ class Names:
 
     @property
     def databases(self) -> list[str]:
-        return [self.db, self.load_db, self.fresh_db, self.writer_db_a, self.writer_db_b, *self.bench_dbs]
+        return [
+            self.db,
+            self.load_db,
+            self.fresh_db,
+            self.reload_db,
+            self.writer_db_a,
+            self.writer_db_b,
+            *self.bench_dbs,
+        ]
+
+    def project_for(self, name: str) -> str:
+        """A Feast project of this run's own for one test (``<project>_<name>``): runs with other
+        ids use other names, so they never clear or count each other's keys."""
+        return f"{self.project}_{name}"
 
 
 BENCH_SMALL, BENCH_BIG = 600, 1500  # the quick benchmarks' sizes (tests/test_bench_smoke.py)
@@ -83,6 +99,7 @@ def _names() -> Names:
         db=db,
         load_db=f"{db}_load",
         fresh_db=f"{db}_fresh",
+        reload_db=f"{db}_reload",
         writer_db_a=env("LOAN_DESK_WRITER_TEST_DB_A") or f"loan_desk_{TEST_ID}_writer_a",
         writer_db_b=env("LOAN_DESK_WRITER_TEST_DB_B") or f"loan_desk_{TEST_ID}_writer_b",
         bench_db=env("LOAN_DESK_BENCH_SMOKE_DB") or f"loan_desk_{TEST_ID}_bench",
@@ -305,3 +322,25 @@ def run_cli(*args: str, env: dict | None = None, cwd: Path | None = None, input:
         timeout=timeout,
         input=input,
     )
+
+
+def forget_feast_project(settings) -> None:
+    """Remove one Feast project (``settings.project``) from the registry and its keys from the
+    online store, leaving every other project and key as it is: tests start their own projects
+    from nothing this way without dropping anything shared."""
+    import psycopg
+    from psycopg import sql
+
+    from feast_ext.store import clear_online
+
+    clear_online(settings)
+    with psycopg.connect(**settings.pg_kwargs(), autocommit=True) as conn:
+        tables = conn.execute(
+            "SELECT table_name FROM information_schema.columns "
+            "WHERE table_schema = 'feast_registry' AND column_name = 'project_id'"
+        ).fetchall()
+        for (table,) in tables:
+            conn.execute(
+                sql.SQL("DELETE FROM feast_registry.{} WHERE project_id = %s").format(sql.Identifier(table)),
+                [settings.project],
+            )

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import stat
+import re
 from pathlib import Path
 
 import pytest
@@ -24,16 +23,18 @@ def _app(path: str, user: str | None = None, role: str | None = None):
 
 
 def _texts(at) -> str:
+    """The page's messages, markdown and titles as a browser shows them (pages/_ui.plain undone)."""
     parts = [e.value for e in (*at.error, *at.warning, *at.info, *at.success)]
     parts += [m.value for m in at.markdown] + [t.value for t in at.title]
-    return "\n".join(str(p) for p in parts)
+    return re.sub(r"\\(.)", r"\1", "\n".join(str(p) for p in parts)).replace("\u200b", "")
 
 
 # --- users -----------------------------------------------------------------------------------
 def test_users_are_stored_as_bcrypt_hashes(settings, pg):
     from runtime.users import add_user, check_password, list_users
 
-    add_user(settings, "T_Clerk", "officer", "s3cret-pass")
+    pg.execute("DELETE FROM loan_desk_users WHERE name = 't_clerk'")
+    assert add_user(settings, "T_Clerk", "officer", "s3cret-pass") == "t_clerk"
     assert ("t_clerk", "officer") in list_users(settings)
     (h,) = pg.execute("SELECT password_hash FROM loan_desk_users WHERE name = 't_clerk'").fetchone()
     assert h.startswith("$2") and "s3cret-pass" not in h
@@ -41,7 +42,7 @@ def test_users_are_stored_as_bcrypt_hashes(settings, pg):
 
 
 def test_default_users_from_env_or_generated(settings, pg, monkeypatch):
-    from runtime.users import cookie_key_path, ensure_default_users, user_records
+    from runtime.users import ensure_default_users, user_records
 
     pg.execute("DELETE FROM loan_desk_users WHERE name IN ('admin', 'officer')")
     monkeypatch.setenv("LOAN_DESK_ADMIN_PASSWORD", "admin-from-env")
@@ -55,11 +56,10 @@ def test_default_users_from_env_or_generated(settings, pg, monkeypatch):
     assert recs["admin"]["role"] == "admin" and check_password("admin-from-env", recs["admin"]["password_hash"])
     assert check_password(generated, recs["officer"]["password_hash"])
     assert not any("password:" in line for line in ensure_default_users(settings))  # printed once only
-    mode = stat.S_IMODE(os.stat(cookie_key_path()).st_mode)
-    assert mode == 0o600 and len(cookie_key_path().read_text().strip()) == 64
 
 
-def test_cli_users_add_reads_stdin_and_env(settings):
+def test_cli_users_add_reads_stdin_and_env(settings, pg):
+    pg.execute("DELETE FROM loan_desk_users WHERE name IN ('t_cli', 't_cli2', 't_cli3')")
     r = run_cli("loan-desk", "users", "add", "t_cli", "--role", "admin", input="from-stdin-pw\n")
     assert r.returncode == 0, r.stderr
     r = run_cli("loan-desk", "users", "add", "t_cli2", "--role", "officer", env={"LOAN_DESK_PASSWORD": "from-env-pw"})
@@ -71,9 +71,11 @@ def test_cli_users_add_reads_stdin_and_env(settings):
 
 
 # --- sign-in and navigation -----------------------------------------------------------------
-def test_login_refuses_a_wrong_password_and_accepts_the_right_one(settings):
+def test_login_refuses_a_wrong_password_and_accepts_the_right_one(settings, pg):
     from runtime.users import add_user
 
+    pg.execute("DELETE FROM loan_desk_users WHERE name = 't_login'")
+    pg.execute("DELETE FROM loan_desk_signin_limits")
     add_user(settings, "t_login", "officer", "right-password")
     at = _app("streamlit_app.py").run()
     assert at.text_input(key="ld_login_name") is not None
@@ -82,10 +84,41 @@ def test_login_refuses_a_wrong_password_and_accepts_the_right_one(settings):
     at.button[0].click().run()
     assert "Wrong user name or password." in _texts(at)
     assert "ld_user" not in at.session_state
-    at.text_input(key="ld_login_name").input("t_login")
+    pg.execute("UPDATE loan_desk_signin_limits SET next_allowed = NULL")  # skip the wait after a failure
+    at.text_input(key="ld_login_name").input("T_Login ")
     at.text_input(key="ld_login_password").input("right-password")
     at.button[0].click().run()
     assert at.session_state["ld_user"] == "t_login" and at.session_state["ld_role"] == "officer"
+    session_id = at.session_state["ld_session"]
+    row = pg.execute(
+        "SELECT username, ended_at FROM loan_desk_sessions WHERE id_hash = sha256(%s::bytea)", [session_id.encode()]
+    ).fetchone()
+    assert row == ("t_login", None)
+    # The sidebar shows the name as plain text; logging out ends the session in Postgres.
+    assert any("t\\_login" in m.value for m in at.sidebar.markdown)
+    at.sidebar.button(key="ld_logout").click().run()
+    assert "ld_user" not in at.session_state and "You are signed out." in _texts(at)
+    why = pg.execute(
+        "SELECT ended_why FROM loan_desk_sessions WHERE id_hash = sha256(%s::bytea)", [session_id.encode()]
+    ).fetchone()
+    assert why == ("logout",)
+
+
+def test_a_role_change_signs_the_open_page_out(settings, pg):
+    from runtime.users import add_user, set_role
+
+    pg.execute("DELETE FROM loan_desk_users WHERE name = 't_demoted'")
+    pg.execute("DELETE FROM loan_desk_signin_limits")
+    add_user(settings, "t_demoted", "admin", "right-password")
+    at = _app("streamlit_app.py").run()
+    at.text_input(key="ld_login_name").input("t_demoted")
+    at.text_input(key="ld_login_password").input("right-password")
+    at.button[0].click().run()
+    assert at.session_state["ld_role"] == "admin"
+    set_role(settings, "t_demoted", "officer")
+    at.run()  # the next interaction
+    assert "ld_user" not in at.session_state
+    assert "Your session has ended (your role was changed)" in _texts(at)
 
 
 def test_materialize_page_refuses_officers(settings):
@@ -133,6 +166,7 @@ def test_apply_reports_an_unreachable_online_store_then_recovers(backbone, pg, m
 
 def test_what_if_recomputes_without_recording(backbone, pg):
     from model.inference import DecisionService
+
     at = _app("pages/apply.py", "t_officer3", "officer").run()
     next(b for b in at.button if b.label == "Fill with a sample applicant").click().run()
     next(b for b in at.button if b.label == "Decide").click().run()
@@ -210,3 +244,59 @@ def test_pages_show_postgres_down_without_traceback(backbone, monkeypatch):
         at = _app(page, "t_user", role).run()
         assert not at.exception, page
         assert "Postgres" in _texts(at) and "not reachable" in _texts(at), page
+
+
+def test_explore_refuses_nul_bytes_and_echoes_input_cut_short(backbone):
+    at = _app("pages/explore.py", "t_user", "officer").run()
+    assert not at.exception
+    box = at.text_input(key="entity_credit_history")
+    box.input("19800101\x00_1234").run()
+    text = _texts(at)
+    assert "contains a NUL byte or another control character" in text, text
+    assert "PostgreSQL" not in text and "0x00" not in text
+    box = at.text_input(key="entity_credit_history")
+    box.input("**bold** " + "x" * 50).run()  # within the field's 64 characters
+    text = _texts(at)
+    assert "No credit_history snapshots for “**bold** " + "x" * 31 + "…”." in text, text  # literal, cut at 40
+    assert not at.exception
+
+
+def test_run_history_shows_labels_as_plain_text(backbone, pg):
+    from pages._ui import plain
+
+    evil = "**x** ![i](http://127.0.0.1:9/track.png) :red[y]"
+    pg.execute(
+        "INSERT INTO loan_desk_materialize_runs (requested_by, window_end, status, error, finished_at) "
+        "VALUES (%s, now(), 'failed', %s, now())",
+        [evil, "bad ![e](http://127.0.0.1:9/e.png)"],
+    )
+    try:
+        at = _app("pages/materialize.py", "t_admin", "admin").run()
+        assert not at.exception
+        cells = at.table[-1].value
+        assert plain(evil, 40) in list(cells["who"]), cells["who"]
+        assert "failed: bad ![e](http://127.0.0.1:9/e.png)" in _texts(at)  # shown literally
+        assert not any("![" in e.value for e in at.error)  # as escaped Markdown, never as an image
+    finally:
+        pg.execute("DELETE FROM loan_desk_materialize_runs WHERE requested_by = %s", [evil])
+
+
+def test_admins_see_and_lift_lockouts_on_the_users_page(settings, pg):
+    from runtime.migrations import migrate
+
+    migrate(settings)
+    pg.execute("DELETE FROM loan_desk_signin_limits")
+    pg.execute(
+        "INSERT INTO loan_desk_signin_limits (kind, key, failures, last_failure, locked_until) "
+        "VALUES ('user', 't_locked_out', 0, now(), now() + interval '10 min')"
+    )
+    officer = _app("pages/users.py", "t_user", "officer").run()
+    assert "Your role may not open this page" in _texts(officer)
+    at = _app("pages/users.py", "t_admin", "admin").run()
+    assert not at.exception
+    assert "t_locked_out" in at.dataframe[1].value["name or address"].tolist()
+    at.button(key="ld_unlock").click().run()
+    assert "the lock is lifted" in _texts(at), _texts(at)
+    left = pg.execute("SELECT count(*) FROM loan_desk_signin_limits WHERE key = 't_locked_out'").fetchone()[0]
+    assert left == 0
+    assert "No lockouts" in "\n".join(c.value for c in at.caption)

@@ -1,4 +1,4 @@
-"""The benchmarks still run: the four quick ones at tiny sizes, in one process (`python -m bench
+"""The benchmarks still run: the five quick ones at tiny sizes, in one process (`python -m bench
 --quick`), in databases and a Redis db of the suite's own (tests/conftest.py).
 
 Not a timing test: it only checks that every benchmark completes and writes its figures.  The
@@ -18,12 +18,13 @@ import pytest
 
 from tests.conftest import BENCH_BIG, BENCH_SMALL, NAMES, ROOT
 
-QUICK = ("decision", "materialize", "training", "load")
+QUICK = ("decision", "materialize", "training", "load", "api")
 FIGURE = {
     "decision": "decision_p50_ms",
     "materialize": "materialize_vs_floor_600",
     "training": "pit_vs_floor_600",
     "load": "load_rows_per_s",
+    "api": "api_p50_ms_c1",
 }
 
 
@@ -63,8 +64,11 @@ def test_benchmark_runs_at_a_tiny_size(name, quick_run):
     data, stderr = quick_run
     assert name in data["benchmarks"], stderr[-2000:]
     assert data["versions"]["feast"]
-    assert data["benchmarks"][name][FIGURE[name]] > 0
+    figures = data["benchmarks"][name]
+    assert figures[FIGURE[name]] > 0
     assert f"\n{name}: " in "\n" + stderr  # the run reports each benchmark's time
+    if name == "api":
+        assert figures["api_exact_errors"] == 0 and figures["api_exact_recorded"] == figures["api_exact_requests"]
 
 
 def test_the_quick_benchmarks_use_the_suites_databases_only(quick_run, settings):

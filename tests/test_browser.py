@@ -22,25 +22,37 @@ ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = ROOT / "test-artifacts"
 OFFICER, ADMIN = ("b_officer", "officer-pass-123"), ("b_admin", "admin-pass-123")
+LOCKED = ("b_locked", "locked-pass-123")
 
 pytestmark = pytest.mark.skipif(
     not CHROMIUM.exists(), reason="needs Debian's Chromium at /usr/bin/chromium (apt-get install -y chromium)"
 )
 
 
+# Sign-in limits of the served app: the default five failures, short waits so the tests are quick.
+LOCKOUT_S = 6
+SERVER_ENV = {"LOAN_DESK_SIGNIN_LOCKOUT_S": str(LOCKOUT_S), "LOAN_DESK_SIGNIN_DELAY_S": "0.3"}
+
+
 @pytest.fixture(scope="module")
 def app_url(backbone):
+    import psycopg
+
     from runtime.users import add_user
 
     s = backbone["settings"]
+    with psycopg.connect(**s.pg_kwargs(), autocommit=True) as pg:
+        pg.execute("DELETE FROM loan_desk_users WHERE name IN (%s, %s, %s)", [OFFICER[0], ADMIN[0], LOCKED[0]])
+        pg.execute("DELETE FROM loan_desk_signin_limits")
     add_user(s, *OFFICER[:1], "officer", OFFICER[1])
     add_user(s, *ADMIN[:1], "admin", ADMIN[1])
+    add_user(s, *LOCKED[:1], "officer", LOCKED[1])
     port = free_port()
     ARTIFACTS.mkdir(exist_ok=True)
     log = open(ARTIFACTS / "server.log", "w")  # noqa: SIM115 - closed in teardown
     exe = Path(sys.executable).parent / "loan-desk"
     proc = subprocess.Popen(
-        [str(exe), "serve", "--port", str(port)], cwd=ROOT, env=os.environ.copy(), stdout=log, stderr=log
+        [str(exe), "serve", "--port", str(port)], cwd=ROOT, env={**os.environ, **SERVER_ENV}, stdout=log, stderr=log
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 60
@@ -176,7 +188,7 @@ def test_officer_cannot_open_materialize_by_url(app_url, page):
     _expect_text(page, "New application")
     nav = page.locator('[data-testid="stSidebarNav"]')
     assert "Materialize" not in nav.inner_text()
-    page.wait_for_function("document.cookie.includes('loan_desk_session=')", timeout=10_000)
+    _wait_for_session_cookie(page)
     page.goto(f"{app_url}/materialize")  # a new browser session: signed in again from the cookie
     _expect_text(page, "Your role may not open this page")
     assert "Page not found" not in page.inner_text("body")
@@ -216,11 +228,156 @@ def test_admin_materializes_and_sees_the_run(app_url, page, pg):
     _no_traceback(page)
 
 
-def test_logout(app_url, page):
+def _wait_for_session_cookie(page) -> dict:
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        found = [c for c in page.context.cookies() if c["name"] == "loan_desk_session"]
+        if found:
+            return found[0]
+        page.wait_for_timeout(100)
+    raise AssertionError("no loan_desk_session cookie after sign-in")
+
+
+def _shots(page, name: str) -> None:
+    """The page at a laptop's size and a phone's (test-artifacts/NAME-1366.png, NAME-390.png)."""
+    for width, height in ((1366, 900), (390, 844)):
+        page.set_viewport_size({"width": width, "height": height})
+        page.wait_for_timeout(800)
+        page.screenshot(path=str(ARTIFACTS / f"{name}-{width}.png"))
+    page.set_viewport_size({"width": 1366, "height": 900})
+
+
+def test_the_session_cookie_is_opaque_httponly_and_strict(app_url, page):
     page.goto(app_url)
+    _login(page, OFFICER)
+    _expect_text(page, "New application")
+    cookie = _wait_for_session_cookie(page)
+    assert cookie["httpOnly"] and cookie["sameSite"] == "Strict" and cookie["path"] == "/"
+    assert "loan_desk_session" not in page.evaluate("document.cookie")  # out of reach of page scripts
+    assert OFFICER[0] not in cookie["value"] and "." not in cookie["value"]  # no name, no signed claims
+    assert 0 < cookie["expires"] - time.time() <= 8 * 3600 + 60
+    page.reload()  # a new browser session resumes the server-side session
+    _expect_text(page, "New application")
+    _no_traceback(page)
+
+
+def test_logout_ends_the_session_so_a_saved_cookie_signs_nobody_in(app_url, browser, page, pg):
+    page.set_viewport_size({"width": 1366, "height": 900})
+    page.goto(app_url)
+    page.get_by_label("User name").wait_for()
+    _shots(page, "login")
     _login(page, ADMIN)
     _expect_text(page, "New application")
+    _wait_for_session_cookie(page)
+    saved = page.context.storage_state()  # what a thief would copy: the cookie before logout
     page.get_by_role("button", name="Log out").click()
     page.get_by_label("User name").wait_for()
-    page.reload()  # the cookie is gone too
+    _expect_text(page, "You are signed out.")
+    _shots(page, "logged_out")
+    deadline = time.time() + 10
+    while any(c["name"] == "loan_desk_session" for c in page.context.cookies()) and time.time() < deadline:
+        page.wait_for_timeout(100)
+    assert not any(c["name"] == "loan_desk_session" for c in page.context.cookies())  # deleted by the route
+    (ended,) = pg.execute(
+        "SELECT count(*) FROM loan_desk_sessions WHERE username = %s AND ended_why = 'logout'", [ADMIN[0]]
+    ).fetchone()
+    assert ended >= 1
+    # A fresh browser with the saved cookie: not signed in, and told why.
+    thief = browser.new_context(storage_state=saved, viewport={"width": 1366, "height": 900})
+    try:
+        other = thief.new_page()
+        other.goto(app_url)
+        other.get_by_label("User name").wait_for()
+        _expect_text(other, "Your session has ended (you logged out)")
+        assert other.get_by_text("New application").count() == 0
+        _shots(other, "saved_cookie_after_logout")
+        other.goto(f"{app_url}/materialize")
+        other.get_by_label("User name").wait_for()
+        assert other.get_by_text("Online store freshness").count() == 0
+        _no_traceback(other)
+    finally:
+        thief.close()
+
+
+def test_lockout_after_repeated_failures_then_the_password_works_again(app_url, page, pg):
+    def attempts() -> int:
+        sql = "SELECT count(*) FROM loan_desk_signin_attempts WHERE username = %s"
+        return pg.execute(sql, [LOCKED[0]]).fetchone()[0]
+
+    def try_once(password: str) -> None:
+        """One click, and wait until the server has recorded that attempt (the old message stays meanwhile)."""
+        before = attempts()
+        _login(page, (LOCKED[0], password))
+        deadline = time.time() + 30
+        while attempts() == before and time.time() < deadline:
+            page.wait_for_timeout(100)
+        page.wait_for_timeout(500)
+
+    page.set_viewport_size({"width": 1366, "height": 900})
+    page.goto(app_url)
     page.get_by_label("User name").wait_for()
+    for attempt in range(1, 6):
+        try_once(f"not-it-{attempt}")
+        expected = "Too many failed sign-ins for this user name" if attempt == 5 else "Wrong user name or password"
+        _expect_text(page, expected)
+        if attempt == 1:
+            _shots(page, "wrong_password")
+        if attempt < 5:
+            page.wait_for_timeout(int(0.3 * 2 ** (attempt - 1) * 1000) + 150)  # the growing wait
+    _shots(page, "locked_out")
+    # The right password while locked: refused, and no session started.
+    try_once(LOCKED[1])
+    _expect_text(page, "Too many failed sign-ins for this user name")
+    assert page.get_by_text("New application").count() == 0
+    outcomes = [
+        r[0]
+        for r in pg.execute(
+            "SELECT outcome FROM loan_desk_signin_attempts WHERE username = %s ORDER BY id DESC LIMIT 6", [LOCKED[0]]
+        )
+    ]
+    assert outcomes == ["locked"] + ["wrong password"] * 5, outcomes
+    page.wait_for_timeout(LOCKOUT_S * 1000)  # the lockout ends by itself
+    _login(page, LOCKED)
+    _expect_text(page, "New application")
+    _shots(page, "signed_in_after_lockout")
+    _no_traceback(page)
+
+
+def test_run_labels_render_as_text_and_fetch_nothing(app_url, page, pg):
+    import http.server
+    import threading
+
+    hits = []
+
+    class Tracker(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - the stdlib's name
+            hits.append(self.path)
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Tracker)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    evil = f"**x** ![i](http://127.0.0.1:{server.server_port}/track.png)"
+    pg.execute(
+        "INSERT INTO loan_desk_materialize_runs (requested_by, window_end, status, finished_at) "
+        "VALUES (%s, now(), 'succeeded', now())",
+        [evil],
+    )
+    try:
+        page.goto(f"{app_url}/materialize")
+        _login(page, ADMIN)
+        _expect_text(page, "Online store freshness")
+        runs = page.locator('[data-testid="stTable"]').last
+        runs.wait_for()
+        page.wait_for_timeout(1500)
+        shown = runs.inner_text().replace("\u200b", "")
+        assert "**x** ![i](http://127.0.0.1:" in shown, shown
+        assert runs.locator("img").count() == 0 and runs.locator("a").count() == 0
+        assert hits == []  # the browser fetched nothing from the label
+        _no_traceback(page)
+    finally:
+        server.shutdown()
+        pg.execute("DELETE FROM loan_desk_materialize_runs WHERE requested_by = %s", [evil])

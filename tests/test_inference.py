@@ -6,8 +6,9 @@ import dataclasses
 import socket
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
+import pandas as pd
 import pytest
 
 from model.inference import (
@@ -107,21 +108,91 @@ def test_age_must_match_the_date_of_birth(app):
 
 
 def test_unknown_applicant_and_zipcode_are_refused_explicitly(service, app):
-    with pytest.raises(MissingFeatures, match="has no credit file") as err:
+    with pytest.raises(MissingFeatures, match="this applicant has no credit file") as err:
         service.decide({**app, "dob_ssn": "19700101_0000", "person_age": _age("19700101_0000")})
     assert err.value.missing == ["credit_history"]
+    assert "19700101" not in str(err.value) and "0000" not in str(err.value)  # no dob_ssn in clear text
     with pytest.raises(MissingFeatures, match="zipcode 00007 has no statistics") as err:
         service.decide({**app, "zipcode": 7})
     assert err.value.missing == ["zipcode_features"]
 
 
+STALE_KEY = "19510302_0917"
+
+
+@pytest.fixture()
+def stale_applicant(service, app, pg, redis_client):
+    """An applicant whose only credit file is written (offline and online) by the test."""
+    from feast.infra.online_stores.helpers import _redis_key
+    from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+    from feast.protos.feast.types.Value_pb2 import Value
+    from psycopg import sql
+
+    from model.features import CREDIT_FEATURES
+
+    assert pg.execute("SELECT count(*) FROM credit_history WHERE dob_ssn = %s", [STALE_KEY]).fetchone()[0] == 0
+    store = service.store
+
+    def write(ts: datetime, values: dict[str, int]) -> None:
+        row = {"dob_ssn": STALE_KEY, **values, "event_timestamp": ts, "created_timestamp": datetime.now(UTC)}
+        query = sql.SQL("INSERT INTO credit_history ({}) VALUES ({})").format(
+            sql.SQL(", ").join(map(sql.Identifier, row)), sql.SQL(", ").join(sql.Placeholder() * len(row))
+        )
+        pg.execute(query, list(row.values()))
+        store.write_to_online_store("credit_history", pd.DataFrame([row]))
+
+    values = {c: 100 * (i + 1) for i, c in enumerate(CREDIT_FEATURES)}
+    try:
+        yield {**app, "dob_ssn": STALE_KEY, "person_age": _age(STALE_KEY)}, write, values
+    finally:
+        pg.execute("DELETE FROM credit_history WHERE dob_ssn = %s", [STALE_KEY])
+        ek = EntityKey(join_keys=["dob_ssn"], entity_values=[Value(string_val=STALE_KEY)])
+        redis_client.delete(_redis_key(store.project, ek, store.config.entity_key_serialization_version))
+
+
+def _pit(store, zipcode: int, at: list[datetime]):
+    entity = pd.DataFrame({"dob_ssn": [STALE_KEY] * len(at), "zipcode": [zipcode] * len(at), "event_timestamp": at})
+    feats = ["credit_history:credit_card_due", "credit_history:bankruptcies"]
+    df = store.get_historical_features(entity_df=entity, features=feats).to_df()
+    return df.sort_values("event_timestamp").reset_index(drop=True)
+
+
+def test_a_credit_file_older_than_its_ttl_counts_as_missing_as_in_training(service, stale_applicant):
+    application, write, values = stale_applicant
+    now = datetime.now(UTC)
+    old = now - timedelta(days=200)  # the view's TTL is 180 days
+    write(old, values)
+    with pytest.raises(MissingFeatures) as err:
+        service.decide(application)
+    msg = str(err.value)
+    assert err.value.missing == ["credit_history"]
+    assert abs((err.value.stale["credit_history"] - old).total_seconds()) < 1
+    assert f"credit file is as of {old:%Y-%m-%d}, older than the 180-day TTL" in msg
+    assert "manual underwriting" in msg
+    assert STALE_KEY not in msg and STALE_KEY[:8] not in msg
+    # The point-in-time join gives NaN for the same relation (as of now: the file is 200 days old),
+    # and the values when the file was younger than the TTL (as of 100 days after it).
+    pit = _pit(service.store, application["zipcode"], [old + timedelta(days=100), now])
+    assert pit.loc[0, "credit_card_due"] == values["credit_card_due"]
+    assert pit.loc[1, ["credit_card_due", "bankruptcies"]].isna().all()
+
+    # A file within the TTL: decided on, in serving and in the join alike.
+    fresh = now - timedelta(days=170)
+    write(fresh, {**values, "credit_card_due": 4242})
+    d = service.decide(application)
+    used = {f.name: f for f in d.features if f.view == "credit_history"}
+    assert used["credit_card_due"].value == 4242 and used["credit_card_due"].status == "ok"
+    assert _pit(service.store, application["zipcode"], [now]).loc[0, "credit_card_due"] == 4242
+
+
 def test_no_trained_model(backbone, tmp_path, app):
     svc = DecisionService(settings=backbone["settings"], model_dir=tmp_path)
-    with pytest.raises(ModelUnavailable, match="loan-desk train"):
+    with pytest.raises(ModelUnavailable, match="no trained model .* run `uv run loan-desk train`"):
         svc.decide(app)
+    # The layout of earlier versions (bare model.json + metadata.json) is not used: retrain.
     (tmp_path / "model.json").write_text("{broken")
     (tmp_path / "metadata.json").write_text("{}")
-    with pytest.raises(ModelUnavailable, match="cannot be read"):
+    with pytest.raises(ModelUnavailable, match="earlier Loan Desk version .* loan-desk train"):
         DecisionService(settings=backbone["settings"], model_dir=tmp_path).decide(app)
 
 

@@ -1,11 +1,16 @@
-"""The fast materialization writer writes exactly what Feast's own materialize writes.
+"""The Loan Desk engine writes exactly what Feast's own engine writes.
 
 The same small data set is loaded into two databases (each with its own registry) and
-materialized into two Redis dbs: one with ``FeatureStore.materialize`` (Feast's local engine
-with the repo's settings), one with ``feast_ext.engine``.  Every key, every hash field
-and every TTL must be byte-identical, after a full window and after an incremental step with
-new rows, and both registries must record the same materialization intervals.  Feast's own
-``get_online_features`` must then read every sampled value as Postgres has it.
+materialized with ``FeatureStore.materialize`` into two Redis dbs: one store configured with
+``batch_engine: local`` (Feast's engine), one with ``feast_ext.engine.LoanDeskEngine``, both with
+``key_ttl_seconds`` set so that EXPIRE is compared too.  Every key and every hash field must be
+byte-identical and every TTL equal (to the second the two runs are apart), after a full window
+and after an incremental step with new rows, and both registries must record the same
+materialization intervals.  Feast's own ``get_online_features`` must then read every sampled
+value as Postgres has it.
+
+The test works in a Feast project of its own: it clears only that project's keys and registry
+entries, never a whole Redis db or registry.
 """
 
 from __future__ import annotations
@@ -18,40 +23,55 @@ import psycopg
 import pytest
 import redis
 
+from tests.conftest import NAMES, forget_feast_project
+
 DB_A = os.environ.get("LOAN_DESK_WRITER_TEST_DB_A", "loan_desk_writer_test_a")
 DB_B = os.environ.get("LOAN_DESK_WRITER_TEST_DB_B", "loan_desk_writer_test_b")
 REDIS_A = int(os.environ.get("LOAN_DESK_WRITER_TEST_REDIS_A", "10"))
 REDIS_B = int(os.environ.get("LOAN_DESK_WRITER_TEST_REDIS_B", "11"))
+PROJECT = NAMES.project_for("writer_diff")  # the run's own (LOAN_DESK_TEST_ID)
 APPLICANTS = 400
+KEY_TTL_S = 30 * 86_400
+TTL_SLACK_S = 2
+
+
+def _setup(settings, db: str, redis_db: int, batch_engine: str | None):
+    from bootstrap.load import LoadRequest, load
+    from bootstrap.services import ensure_database
+    from feast_ext.store import apply, new_feature_store
+
+    s = dataclasses.replace(settings, pgdatabase=db, redis_db=redis_db, project=PROJECT)
+    ensure_database(s)
+    load(s, LoadRequest(applicants=APPLICANTS, seed=11, as_of=datetime(2026, 1, 15, tzinfo=UTC)), force=True)
+    forget_feast_project(s)
+    apply(s)
+    changes = {"online_store": {"key_ttl_seconds": KEY_TTL_S}}
+    if batch_engine:
+        changes["batch_engine"] = batch_engine
+    return s, new_feature_store(s, **changes)
 
 
 @pytest.fixture()
-def restore_env():
-    saved = dict(os.environ)
-    yield
-    os.environ.clear()
-    os.environ.update(saved)
+def stores(settings):
+    from feast.infra.compute_engines.local.compute import LocalComputeEngine
 
+    from feast_ext.engine import LoanDeskEngine
 
-def _setup(settings, db: str, redis_db: int):
-    from bootstrap.load import LoadRequest, load
-    from bootstrap.services import ensure_database
-    from feast_ext.store import apply, feature_store
-
-    s = dataclasses.replace(settings, pgdatabase=db, redis_db=redis_db)
-    ensure_database(s)
-    load(s, LoadRequest(applicants=APPLICANTS, seed=11, as_of=datetime(2026, 1, 15, tzinfo=UTC)), force=True)
-    with psycopg.connect(**s.pg_kwargs(), autocommit=True) as conn:
-        conn.execute("DROP SCHEMA IF EXISTS feast_registry CASCADE")
-        conn.execute("CREATE SCHEMA feast_registry")
-    apply(s)
-    redis.Redis.from_url(s.redis_url).flushdb()
-    return s, feature_store(s)
+    sa, store_a = _setup(settings, DB_A, REDIS_A, "local")
+    sb, store_b = _setup(settings, DB_B, REDIS_B, None)  # the engine feature_store.yaml names
+    assert isinstance(store_a._get_provider().batch_engine, LocalComputeEngine)
+    assert isinstance(store_b._get_provider().batch_engine, LoanDeskEngine)
+    yield sa, store_a, sb, store_b
+    forget_feast_project(sa)
+    forget_feast_project(sb)
 
 
 def _dump(s) -> dict:
+    from feast_ext.engine import is_project_key
+
     r = redis.Redis.from_url(s.redis_url)
-    return {k: (r.hgetall(k), r.ttl(k)) for k in r.scan_iter(count=1000)}
+    keys = [k for k in r.scan_iter(match=b"*" + s.project.encode(), count=1000) if is_project_key(k, s.project)]
+    return {k: (r.hgetall(k), r.ttl(k)) for k in keys}
 
 
 def _intervals(store) -> dict:
@@ -74,52 +94,56 @@ def _add_rows(s, end: datetime) -> None:
 def _assert_same(a: dict, b: dict) -> None:
     assert a.keys() == b.keys(), f"{len(a.keys() ^ b.keys())} keys differ"
     for key in a:
-        assert a[key] == b[key], f"key {key!r} differs"
+        (fields_a, ttl_a), (fields_b, ttl_b) = a[key], b[key]
+        assert fields_a == fields_b, f"key {key!r} differs"
+        assert 0 < ttl_a <= KEY_TTL_S and 0 < ttl_b <= KEY_TTL_S, f"key {key!r}: TTLs {ttl_a}, {ttl_b}"
+        assert abs(ttl_a - ttl_b) <= TTL_SLACK_S, f"key {key!r}: TTL {ttl_a} (Feast) vs {ttl_b} (ours)"
 
 
-def test_writer_matches_feast_byte_for_byte(settings, restore_env):
-    from feast_ext import engine as online_writer
+def _engine(store):
+    return store._get_provider().batch_engine
 
+
+def test_engine_matches_feast_byte_for_byte(stores):
+    sa, store_a, sb, store_b = stores
     end = datetime(2026, 1, 16, tzinfo=UTC)
     start = end - timedelta(days=3650)
-    sa, store_a = _setup(settings, DB_A, REDIS_A)
     store_a.materialize(start_date=start, end_date=end)
-    sb, store_b = _setup(settings, DB_B, REDIS_B)
-    res = online_writer.materialize(store_b, sb.pg_kwargs(), start, end)
-    assert res.rows > APPLICANTS
+    with _engine(store_b).run() as run:
+        store_b.materialize(start_date=start, end_date=end)
+    assert run.rows > APPLICANTS and run.written == run.rows
     feast_full, fast_full = _dump(sa), _dump(sb)
     assert len(feast_full) > APPLICANTS
     _assert_same(feast_full, fast_full)
     assert _intervals(store_a) == _intervals(store_b)
 
-    # An incremental step over new rows: Feast's materialize_incremental against ours.
+    # An incremental step over new rows: Feast's engine against ours, both through Feast.
     end2 = end + timedelta(days=1)
     _add_rows(sa, end)
     _add_rows(sb, end)
-    os.environ.update(sa.feast_env())
     store_a.materialize_incremental(end_date=end2)
-    res = online_writer.materialize_incremental(store_b, sb.pg_kwargs(), end2)
-    assert {v.view: v.written for v in res.views}["credit_history"] == 5
+    with _engine(store_b).run() as run:
+        store_b.materialize_incremental(end_date=end2)
+    assert {v.view: v.written for v in run.views}["credit_history"] == 5
     feast_inc, fast_inc = _dump(sa), _dump(sb)
-    assert feast_inc != feast_full  # the step changed something
+    assert {k: v[0] for k, v in feast_inc.items()} != {k: v[0] for k, v in feast_full.items()}  # it changed
     _assert_same(feast_inc, fast_inc)
     assert _intervals(store_a) == _intervals(store_b)
-    ia = _intervals(store_b)["credit_history"]
-    assert ia[-1] == (end, end2)
+    assert _intervals(store_b)["credit_history"][-1] == (end, end2)
 
     # Written twice with the dedup rule: nothing is newer, nothing changes.
-    again = online_writer.materialize(store_b, sb.pg_kwargs(), start, end2)
-    assert all(v.written == 0 for v in again.views)
+    with _engine(store_b).run() as run:
+        store_b.materialize(start_date=start, end_date=end2)
+    assert run.rows > APPLICANTS and run.written == 0
     _assert_same(feast_inc, _dump(sb))
 
 
-def test_feast_reads_what_the_writer_wrote(settings, restore_env):
+def test_feast_reads_what_the_engine_wrote(stores):
     """get_online_features on a sample of entities returns exactly Postgres's latest rows."""
-    from feast_ext import engine as online_writer
-
+    _, _, sb, store = stores
     end = datetime(2026, 1, 16, tzinfo=UTC)
-    sb, store = _setup(settings, DB_B, REDIS_B)
-    online_writer.materialize(store, sb.pg_kwargs(), end - timedelta(days=3650), end, dedup=False)
+    with _engine(store).run(dedup=False):
+        store.materialize(start_date=end - timedelta(days=3650), end_date=end)
     credit_cols = [
         "credit_card_due", "mortgage_due", "student_loan_due", "vehicle_loan_due", "hard_pulls",
         "missed_payments_2y", "missed_payments_1y", "missed_payments_6m", "bankruptcies",

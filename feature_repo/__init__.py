@@ -1,0 +1,1 @@
+"""Feast definitions only (feast apply imports features.py from this folder)."""

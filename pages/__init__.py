@@ -1,0 +1,1 @@
+"""Streamlit pages: UI only (see streamlit_app.py)."""
