@@ -1,16 +1,14 @@
 """The benchmarks still run: the five quick ones at tiny sizes, in one process (`python -m bench
 --quick`), in databases and a Redis db of the suite's own (tests/conftest.py).
 
-Not a timing test: it only checks that every benchmark completes and writes its figures.  The
-run starts from the session's trained model (copied: a benchmark that retrains writes its own
-copy), so the decision benchmark does not train one of its own when its data is already there.
+Not a timing test: it only checks that every benchmark completes and writes its figures.  Their
+databases are kept between runs (marked as the suite's), so a later run reuses their data.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 
@@ -29,12 +27,9 @@ FIGURE = {
 
 
 @pytest.fixture(scope="module")
-def quick_run(backbone, tmp_path_factory):
-    from runtime.settings import model_dir
-
+def quick_run(settings, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("bench")
     results = tmp / "results.json"
-    shutil.copytree(model_dir(), tmp / "home" / "model")
     env = {
         **os.environ,
         "LOAN_DESK_BENCH_DB": NAMES.bench_db,
@@ -46,7 +41,7 @@ def quick_run(backbone, tmp_path_factory):
         "LOAN_DESK_BENCH_RESULTS": str(results),
         "LOAN_DESK_BENCH_STOCK_TIMEOUT_S": "60",
     }
-    env.pop("LOAN_DESK_MODEL_DIR", None)
+    env.pop("LOAN_DESK_MODEL_DIR", None)  # the benchmarks' model is their own
     proc = subprocess.run(
         [sys.executable, "-m", "bench", "--quick", *QUICK],
         cwd=ROOT,
