@@ -127,7 +127,7 @@ def test_each_step_alone_on_a_fresh_database(fresh_db, tmp_path, monkeypatch, ca
     _one_line_error(run_cli("loan-desk", "materialize", env=env), STEP_FIRST)
     recreate()
     out = run_cli("loan-desk", "users", "add", "t_fresh", "--role", "officer", env=env, input="fresh-password\n")
-    assert out.returncode == 0 and "saved with role officer" in out.stderr, out.stderr
+    assert out.returncode == 0 and "t_fresh' with role officer" in out.stderr, out.stderr
     recreate()
     out = run_cli("loan-desk", "apply", env=env)
     assert out.returncode == 0 and "registered entities" in out.stderr, out.stderr
@@ -191,7 +191,10 @@ def loading_valkey(tmp_path):
     proc = subprocess.Popen([*base, "--enable-debug-command", "local"])
     try:
         _wait_for_port(port, proc)
-        r = redis.Redis(port=port)
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
+        r = redis.Redis(port=port, retry=Retry(NoBackoff(), 0))  # no retries: SHUTDOWN closes at once
         r.execute_command("DEBUG", "POPULATE", LOADING_KEYS, "key", 10)
         r.save()
         r.shutdown(nosave=True)
