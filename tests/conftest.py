@@ -261,22 +261,45 @@ def settings(request, tmp_path_factory):
     return s
 
 
+def _run_projects(s) -> set[str]:
+    """This run's Feast projects (its own and its tests', ``NAMES.project_for``) registered in
+    any of its databases."""
+    import psycopg
+
+    found = {NAMES.project}
+    for name in NAMES.databases:
+        try:
+            with psycopg.connect(**s.pg_kwargs(name)) as conn:
+                tables = conn.execute(
+                    "SELECT table_name FROM information_schema.columns "
+                    "WHERE table_schema = 'feast_registry' AND column_name = 'project_id'"
+                ).fetchall()
+                for (table,) in tables:
+                    rows = conn.execute(f'SELECT DISTINCT project_id FROM feast_registry."{table}"').fetchall()
+                    found |= {r[0] for r in rows if r[0].startswith(NAMES.project + "_")}
+        except psycopg.OperationalError:
+            continue  # not there (a scratch database already dropped)
+    return found
+
+
 def _drop_test_data(s) -> None:
+    """--drop-test-data: this run's online rows (by project, in each of its Redis dbs), then every
+    database carrying its mark."""
     import dataclasses
 
     from feast_ext.store import clear_online
     from runtime import db
 
+    projects = _run_projects(s)
+    bench = urlparse(NAMES.bench_redis_url)
+    places = {(s.redis_host, s.redis_port, d) for d in (s.redis_db, NAMES.writer_redis_a, NAMES.writer_redis_b)}
+    places.add((bench.hostname, bench.port or 6379, int(bench.path.strip("/") or 0)))
+    for host, port, redis_db in places:
+        for project in projects:
+            clear_online(dataclasses.replace(s, redis_host=host, redis_port=port, redis_db=redis_db, project=project))
     db.close_pools()
     for name in NAMES.databases:
         drop_database(s, name)
-    for redis_db in {
-        s.redis_db,
-        NAMES.writer_redis_a,
-        NAMES.writer_redis_b,
-        int(NAMES.bench_redis_url.rsplit("/", 1)[1]),
-    }:
-        clear_online(dataclasses.replace(s, redis_db=redis_db))
 
 
 @pytest.fixture(scope="session")
