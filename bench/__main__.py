@@ -11,6 +11,7 @@ import argparse
 import importlib
 import os
 import sys
+import time
 import traceback
 
 NAMES = ("decision", "materialize", "training", "load", "operations", "app", "api", "cluster")
@@ -28,12 +29,14 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault("LOAN_DESK_BENCH_QUICK", "1")
     failed = []
     for name in args.names or NAMES:
+        t0 = time.perf_counter()
         mod = importlib.import_module(f"bench.{name}")
         try:
             mod.run(**(mod.QUICK if args.quick and hasattr(mod, "QUICK") else {}))
         except Exception:
             traceback.print_exc()
             failed.append(name)
+        print(f"{name}: {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
     if failed:
         print(f"\nfailed: {', '.join(failed)}", file=sys.stderr)
         return 1

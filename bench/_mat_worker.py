@@ -2,6 +2,8 @@
 
 python -m bench._mat_worker ENGINE APPLICANTS WINDOW_DAYS
 ENGINE: fast | feast_default | feast_tuned | floor; WINDOW_DAYS 0 = every view's full TTL window.
+``run_one`` is the same run in the calling process (the quick smoke run: no process start per run).
+Rows are counted as this Feast project's keys, so other projects sharing the Redis db do not count.
 """
 
 from __future__ import annotations
@@ -33,6 +35,11 @@ def _feast(settings, start, end, tuned: bool) -> None:
     store.materialize(start_date=start, end_date=end)
 
 
+def _raw_prefix(settings) -> bytes:
+    """The floor's keys: ``raw:<project>:<entity>``, so runs of two projects never meet."""
+    return b"raw:" + settings.project.encode() + b":"
+
+
 def _floor(settings, store, start, end) -> int:
     """The same kind of work as the engine at its best, without Feast's format: the same
     DISTINCT ON query on a binary server-side cursor with the next chunk prefetched while this
@@ -45,6 +52,7 @@ def _floor(settings, store, start, end) -> int:
     client = W.redis_client_for(store.config)
     pipe = W._RawPipe(client)
     rows = 0
+    prefix = _raw_prefix(settings)
     with psycopg.connect(**settings.pg_kwargs(), autocommit=True) as conn:
         conn.execute("SET TimeZone = 'UTC'")
         conn.execute("SET jit = off")
@@ -56,7 +64,7 @@ def _floor(settings, store, start, end) -> int:
             for chunk in chunks:
                 out = []
                 for row in chunk:
-                    parts = [header, W._bulk(b"raw:" + str(row[0]).encode())]
+                    parts = [header, W._bulk(prefix + str(row[0]).encode())]
                     for f, v in zip(fields, [row[-1], *row[1:-1]], strict=True):
                         parts.append(f)
                         parts.append(W._bulk(str(v).encode()))
@@ -67,9 +75,9 @@ def _floor(settings, store, start, end) -> int:
     return rows
 
 
-def _drop_raw(r) -> None:
+def _drop_raw(r, settings) -> None:
     batch = []
-    for key in r.scan_iter(match=b"raw:*", count=10_000):
+    for key in r.scan_iter(match=_raw_prefix(settings) + b"*", count=10_000):
         batch.append(key)
         if len(batch) >= 10_000:
             r.unlink(*batch)
@@ -78,50 +86,50 @@ def _drop_raw(r) -> None:
         r.unlink(*batch)
 
 
-def main() -> int:
-    engine, applicants, days = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+def run_one(engine: str, applicants: int, days: int) -> dict:
     import redis
 
-    from bench.common import ONLINE_MARKER, peak_rss_mb, settings_for
-    from feast_ext.store import clear_online, feature_store
+    from bench.common import online_marker, peak_rss_mb, settings_for
+    from feast_ext.store import clear_online, feature_store, online_key_count
 
     s = settings_for(applicants)
     store = feature_store(s)
     r = redis.Redis.from_url(s.redis_url)
-    r.delete(ONLINE_MARKER)
+    r.delete(online_marker(s))
     clear_online(s)
-    _drop_raw(r)
+    _drop_raw(r, s)
     start, end = _window(store, days)
     rss0 = peak_rss_mb()
     t0 = time.perf_counter()
     if engine == "fast":  # the engine feature_store.yaml names, through Feast, overwriting
         with store._get_provider().batch_engine.run(dedup=False):
             store.materialize(start_date=start, end_date=end)
-        rows = r.dbsize()
     elif engine in ("feast_default", "feast_tuned"):
         _feast(s, start, end, tuned=engine == "feast_tuned")
-        rows = r.dbsize()
     elif engine == "floor":
         rows = _floor(s, store, start, end)
     else:
         raise SystemExit(f"unknown engine {engine}")
     seconds = time.perf_counter() - t0
     if engine == "floor":
-        _drop_raw(r)
-    print(
-        json.dumps(
-            {
-                "engine": engine,
-                "applicants": applicants,
-                "window_days": days,
-                "rows": rows,
-                "seconds": seconds,
-                "rows_per_s": rows / seconds,
-                "peak_rss_mb": peak_rss_mb(),
-                "rss_before_mb": rss0,
-            }
-        )
-    )
+        _drop_raw(r, s)
+    else:
+        rows = online_key_count(s)
+    return {
+        "engine": engine,
+        "applicants": applicants,
+        "window_days": days,
+        "rows": rows,
+        "seconds": seconds,
+        "rows_per_s": rows / seconds,
+        "peak_rss_mb": peak_rss_mb(),
+        "rss_before_mb": rss0,
+    }
+
+
+def main() -> int:
+    engine, applicants, days = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    print(json.dumps(run_one(engine, applicants, days)))
     return 0
 
 

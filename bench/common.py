@@ -30,6 +30,11 @@ SEED = 42
 ONLINE_MARKER = "loan_desk_bench:online_rows_of"
 
 
+def online_marker(settings) -> str:
+    """The key saying which benchmark database's rows this Feast project has in the Redis db."""
+    return f"{ONLINE_MARKER}:{settings.project}"
+
+
 def db_for(applicants: int) -> str:
     if applicants == SMALL:
         return BENCH_DB
@@ -75,12 +80,12 @@ def ensure_data(applicants: int, materialized: bool = False, trained: bool = Fal
 
         # The benchmark data sets share one Redis db: a marker says whose rows are in it.
         r = s.redis_client(socket_timeout=30)
-        marker = r.get(ONLINE_MARKER)
+        marker = r.get(online_marker(s))
         stale = any(e is None for _, e in materialization_state(store).values()) or not online_key_count(s)
         if changed or stale or marker != s.pgdatabase.encode():
             say(f"materializing {s.pgdatabase} into {s.redis_where} ...")
             materialize(s, requested_by="bench", full=True, progress=lambda m: None)
-            r.set(ONLINE_MARKER, s.pgdatabase)
+            r.set(online_marker(s), s.pgdatabase)
     if trained:
         from model.bundles import current_metadata
         from model.train import train

@@ -10,7 +10,7 @@ from bench.common import SMALL, ensure_data, percentiles, record, say
 from model.inference import age_on
 
 THREADS = 8
-QUICK = {"calls": 400}
+QUICK = {"calls": 200, "warm": 10}
 
 
 def applications(settings, n: int = 1000) -> list[dict]:
@@ -115,7 +115,7 @@ def _time(fn, apps: list[dict], calls: int) -> list[float]:
     return samples
 
 
-def run(calls: int = 10_000, applicants: int = SMALL) -> dict:
+def run(calls: int = 10_000, applicants: int = SMALL, warm: int | None = None) -> dict:
     s = ensure_data(applicants, materialized=True, trained=True)
     from model import features as F
     from model.inference import DecisionService
@@ -136,7 +136,7 @@ def run(calls: int = 10_000, applicants: int = SMALL) -> dict:
             features=list(F.ONLINE_REFS), entity_rows=[{"dob_ssn": app["dob_ssn"], "zipcode": app["zipcode"]}]
         ).to_dict()
 
-    warm = max(200, calls // 20)
+    warm = max(200, calls // 20) if warm is None else warm
     results = {}
     # Interleaved in rounds so drift on a shared machine hits every path alike.
     paths = {
@@ -158,7 +158,7 @@ def run(calls: int = 10_000, applicants: int = SMALL) -> dict:
         say(f"  {name}: p50 {results[name]['p50_ms']:.3f} ms over {len(xs):,} calls")
 
     with ThreadPoolExecutor(THREADS) as pool:
-        list(pool.map(svc.decide, apps[:200]))
+        list(pool.map(svc.decide, apps[: max(warm, 2 * THREADS)]))
         t0 = time.perf_counter()
         list(pool.map(svc.decide, (apps[i % len(apps)] for i in range(calls))))
         threaded = calls / (time.perf_counter() - t0)

@@ -10,26 +10,27 @@ import time
 
 from bench.common import BENCH_DB, BIG, SEED, record, run_worker, say
 
-QUICK: dict = {}
+QUICK = {"in_process": True}
 
 
-def _worker() -> int:
-    """In a fresh process: load BIG applicants into the scratch db; print one JSON line."""
+def measure(applicants: int) -> dict:
+    """Load ``applicants`` into the scratch database (forced), in this process."""
+    import bench.common as common
     from bench.common import peak_rss_mb, settings_for
     from bootstrap.load import LoadRequest, load
 
-    applicants = int(sys.argv[1])
-    os.environ["LOAN_DESK_BENCH_DB"] = os.environ.get("LOAN_DESK_BENCH_LOAD_DB", f"{BENCH_DB}_load")
-    import bench.common as common
-
-    common.BENCH_DB = os.environ["LOAN_DESK_BENCH_DB"]
-    s = settings_for(applicants)
+    # The scratch database's name: settings_for names databases after BENCH_DB.
+    saved, common.BENCH_DB = common.BENCH_DB, os.environ.get("LOAN_DESK_BENCH_LOAD_DB", f"{BENCH_DB}_load")
+    try:
+        s = settings_for(applicants)
+    finally:
+        common.BENCH_DB = saved
     t0 = time.perf_counter()
     _, msg = load(s, LoadRequest(applicants=applicants, seed=SEED), force=True)
     seconds = time.perf_counter() - t0
     m = re.search(r"([\d,]+) rows in .*prepare ([\d.]+) s, COPY\+index ([\d.]+) s", msg)
     rows = int(m.group(1).replace(",", "")) if m else 0
-    out = {
+    return {
         "applicants": applicants,
         "rows": rows,
         "seconds": seconds,
@@ -39,14 +40,19 @@ def _worker() -> int:
         "database": s.pgdatabase,
         "message": msg,
     }
-    print(json.dumps(out))
+
+
+def _worker() -> int:
+    """In a fresh process: load BIG applicants into the scratch db; print one JSON line."""
+    print(json.dumps(measure(int(sys.argv[1]))))
     return 0
 
 
-def run(applicants: int | None = None) -> dict:
+def run(applicants: int | None = None, in_process: bool = False) -> dict:
+    """``in_process``: load in this process (its peak memory is not the load's own; the quick run)."""
     n = applicants or BIG
     say(f"load: {n:,} synthetic applicants into a scratch database ...")
-    res = run_worker("bench.load", str(n))
+    res = measure(n) if in_process else run_worker("bench.load", str(n))
     figures = {
         "load_applicants": n,
         "load_rows": res["rows"],

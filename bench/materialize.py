@@ -13,7 +13,7 @@ import os
 from bench.common import BIG, SMALL, ensure_data, record, run_worker, say
 
 SUBSET_DAYS = int(os.environ.get("LOAN_DESK_BENCH_SUBSET_DAYS", "10"))
-QUICK = {"sizes": None}
+QUICK = {"sizes": None, "in_process": True}
 
 
 def verify_sample(settings, every: int = 0) -> int:
@@ -53,7 +53,8 @@ def _label(n: int) -> str:
     return f"{n // 1_000_000}M" if n % 1_000_000 == 0 else f"{n / 1000:g}k"
 
 
-def run(sizes: list[int] | None = None) -> dict:
+def run(sizes: list[int] | None = None, in_process: bool = False) -> dict:
+    """``in_process``: every run in this process (no peak memory of its own; the quick smoke run)."""
     sizes = sizes or [SMALL, BIG]
     figures: dict = {"subset_days": SUBSET_DAYS, "runs": []}
     table = [("run", "rows", "seconds", "rows/s", "peak MB")]
@@ -69,7 +70,12 @@ def run(sizes: list[int] | None = None) -> dict:
         results = {}
         for engine, days in plan:
             say(f"materialize: {engine} on {n:,} applicants{f', last {days} days' if days else ''} ...")
-            res = run_worker("bench._mat_worker", engine, str(n), str(days))
+            if in_process:
+                from bench._mat_worker import run_one
+
+                res = run_one(engine, n, days)
+            else:
+                res = run_worker("bench._mat_worker", engine, str(n), str(days))
             results[(engine, days)] = res
             figures["runs"].append(res)
             label = f"{_label(n)} {engine}" + (f" ({days}-day subset)" if days else "")
@@ -77,9 +83,9 @@ def run(sizes: list[int] | None = None) -> dict:
         checked = verify_sample(s)
         import redis
 
-        from bench.common import ONLINE_MARKER
+        from bench.common import online_marker
 
-        redis.Redis.from_url(s.redis_url).set(ONLINE_MARKER, s.pgdatabase)
+        redis.Redis.from_url(s.redis_url).set(online_marker(s), s.pgdatabase)
         fast = results[("fast", 0)]
         floor = results[("floor", 0)]
         feast_key = ("feast_default", SUBSET_DAYS if big else 0)

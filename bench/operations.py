@@ -226,6 +226,7 @@ def run(sizes: list[int] | None = None, reload: bool = True) -> dict:
         )
         # The reload marks the online store as older than the data: refresh it for the next benchmarks.
         ensure_data(n, materialized=True)
+    figures["operations_decisions"] = sum(figures[f"refresh_{n}"]["decisions"] for n in sizes)
     figures["targets"] = {
         "every decision during training belongs to one bundle": figures["train"]["inconsistent"] == 0,
         "0 refused, 0 wrong during full refreshes": all(

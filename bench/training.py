@@ -62,10 +62,10 @@ def stock_store(settings):
     from feast import FeatureStore
     from feast.infra.offline_stores.contrib.postgres_offline_store.postgres import PostgreSQLOfflineStoreConfig
 
-    from feast_ext.store import feature_store
+    from feast_ext.store import repo_config
     from runtime.settings import FEATURE_REPO
 
-    cfg = feature_store(settings).config
+    cfg = repo_config(settings)  # a configuration of its own: the cached store keeps ours
     ours = cfg.offline_store.model_dump()
     ours.pop("type", None)
     cfg.offline_config = PostgreSQLOfflineStoreConfig(**ours)

@@ -80,9 +80,24 @@ def cmd_apply(args) -> int:
     return 0
 
 
+class StepMissing(RuntimeError):
+    """An earlier step has not run; the message names it."""
+
+
+NEEDS_LOAD = "no loans in Postgres: run `uv run loan-desk load` first"
+
+
+def _require_loans(s: Settings) -> None:
+    from bootstrap.load import has_loans
+
+    if not has_loans(s):
+        raise StepMissing(NEEDS_LOAD)
+
+
 def cmd_materialize(args) -> int:
     from feast_ext.materialize import materialize
 
+    _require_loans(_settings())
     res = materialize(_settings(), requested_by=os.environ.get("USER", "cli"), full=True if args.full else None)
     window = f"{res.start:%Y-%m-%d %H:%M} .. " if res.start else "since the last run .. "
     _say(
@@ -93,10 +108,22 @@ def cmd_materialize(args) -> int:
 
 
 def cmd_train(args) -> int:
+    _require_loans(_settings())  # before the heavy imports: a missing step is said at once
+    from feast.errors import FeatureServiceNotFoundException
+
     from feast_ext.store import feature_store
+    from model.features import FEATURE_SERVICE
+
+    store = feature_store(_settings())
+    try:
+        store.get_feature_service(FEATURE_SERVICE, allow_cache=False)
+    except FeatureServiceNotFoundException:
+        raise StepMissing(
+            f"the feature service {FEATURE_SERVICE} is not registered: run `uv run loan-desk apply` first"
+        ) from None
     from model.train import train
 
-    meta = train(feature_store(_settings()), _settings(), out_dir=args.out)
+    meta = train(store, _settings(), out_dir=args.out)
     m = meta["metrics"]
     bayes = f" (Bayes AUC {m['bayes_auc']:.3f})" if "bayes_auc" in m else ""
     _say(

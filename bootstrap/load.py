@@ -1,17 +1,21 @@
 """Load applicant data into Postgres: seeded synthetic data, or the tutorial's files.
 
-A load replaces all three tables in one transaction (COPY into fresh tables, then indexes
-and statistics), so a failed load leaves the previous data as it was.  Loading the same
-source twice is a no-op: a fingerprint of what was asked is kept in ``loan_desk_dataset``.
+A load fills staging tables (COPY, indexes, statistics) while readers keep using the live
+ones, then swaps them in with a few renames in one short transaction (see "writing" below),
+so readers never wait for a COPY and a failed load leaves the previous data as it was.
+Loading the same source twice is a no-op: a fingerprint of what was asked is kept in
+``loan_desk_dataset``.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import secrets
 import sys
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -108,6 +112,21 @@ def current_dataset(conn: psycopg.Connection) -> dict | None:
     return row[0] if row else None
 
 
+def has_loans(settings: Settings) -> bool:
+    """True when the configured database holds loans (it is never created here)."""
+    from runtime import db
+
+    try:
+        with db.connect(settings) as conn:
+            if not conn.execute("SELECT to_regclass('public.loans') IS NOT NULL").fetchone()[0]:
+                return False
+            return conn.execute("SELECT EXISTS (SELECT 1 FROM loans)").fetchone()[0]
+    except psycopg.OperationalError as exc:
+        if f'database "{settings.pgdatabase}" does not exist' in str(exc):
+            return False
+        raise
+
+
 # --- the tutorial importer ----------------------------------------------------------------
 def read_tutorial(data_dir: Path, seed: int, as_of: datetime | None = None) -> tuple[synthetic.Dataset, list[str]]:
     """The tutorial's parquet files, timestamps moved so its newest loan falls on ``as_of``."""
@@ -173,8 +192,35 @@ def read_tutorial(data_dir: Path, seed: int, as_of: datetime | None = None) -> t
 
 
 # --- writing --------------------------------------------------------------------------------
+# A load never blocks readers for the length of a COPY: it fills staging tables of a new
+# generation (``credit_history__staging_<gen>``, indexes and statistics included) in one
+# transaction, then -- still in it, under a short lock timeout, retried while a long query
+# holds a lock -- renames the live tables to ``<table>__old_<gen>`` and the staging tables to
+# the live names, indexes too, and records the dataset row.  Readers wait at most for that
+# switch.  The old generation is dropped after the commit.  If anything fails before the
+# commit (bad data, a killed backend, Postgres gone), the transaction rolls back: the
+# previous data stays live and the staging tables vanish with it.  Old tables whose drop did
+# not happen (a crash right after the commit) are dropped by the next load.
+STAGING, OLD = "__staging_", "__old_"
+LEFTOVER_RE = r"^(" + "|".join(TABLES) + r")__(staging|old)_[0-9a-f]+$"
+LOAD_LOCK = 0x4C444C44  # "LDLD": one load at a time per database
+SWAP_LOCK_TIMEOUT_S = 0.5  # the longest a reader waits for the switch (per attempt)
+SWAP_WAIT_S = 120.0  # how long the switch is retried while a long query holds a table
+LOAD_LOCK_WAIT_S = 1800.0  # how long a load waits for another load of the same database
+DROP_LOCK_TIMEOUT_S = 10.0  # dropping an old generation waits this long for its last readers
+
+
+def _pkey(table: str) -> str | None:
+    return f"{table}_pkey" if table in PRIMARY_KEYS else None
+
+
+def _index_names(table: str) -> list[str]:
+    """The live names of ``table``'s indexes (primary key first): the names the docs promise."""
+    return [n for n in [_pkey(table)] if n] + [name for name, _ in INDEXES[table]]
+
+
 def _copy_frame(cur: psycopg.Cursor, table: str, frame: pd.DataFrame, progress: Callable[[int], None]) -> None:
-    cols = [c for c, _ in TABLES[table]]
+    cols = [c for c, _ in TABLES[table.split(STAGING)[0]]]
     stmt = sql.SQL("COPY {} ({}) FROM STDIN WITH (FORMAT csv)").format(
         sql.Identifier(table), sql.SQL(", ").join(map(sql.Identifier, cols))
     )
@@ -189,7 +235,106 @@ def _copy_frame(cur: psycopg.Cursor, table: str, frame: pd.DataFrame, progress: 
             progress(part.num_rows)
 
 
+def _stage(cur: psycopg.Cursor, table: str, gen: str, frame: pd.DataFrame, progress) -> None:
+    """Create ``table``'s staging copy of generation ``gen``, COPY ``frame`` in, index and analyze it."""
+    stage = table + STAGING + gen
+    columns = sql.SQL(", ").join(
+        sql.SQL("{} {}{}").format(sql.Identifier(c), sql.SQL(t), sql.SQL("" if c in NULLABLE else " NOT NULL"))
+        for c, t in TABLES[table]
+    )
+    cur.execute(sql.SQL("CREATE TABLE {} ({})").format(sql.Identifier(stage), columns))
+    _copy_frame(cur, stage, frame, progress)
+    if table in PRIMARY_KEYS:
+        cur.execute(
+            sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} PRIMARY KEY ({})").format(
+                sql.Identifier(stage), sql.Identifier(_pkey(table) + STAGING + gen), sql.Identifier(PRIMARY_KEYS[table])
+            )
+        )
+    for name, cols in INDEXES[table]:
+        parts = [sql.SQL(" ").join([sql.Identifier(c.split()[0]), *map(sql.SQL, c.split()[1:])]) for c in cols]
+        cur.execute(
+            sql.SQL("CREATE INDEX {} ON {} ({})").format(
+                sql.Identifier(name + STAGING + gen), sql.Identifier(stage), sql.SQL(", ").join(parts)
+            )
+        )
+    cur.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(stage)))
+
+
+def _rename(cur: psycopg.Cursor, kind: str, old: str, new: str) -> None:
+    cur.execute(sql.SQL(f"ALTER {kind} {{}} RENAME TO {{}}").format(sql.Identifier(old), sql.Identifier(new)))
+
+
+def _switch(conn: psycopg.Connection, gen: str) -> list[str]:
+    """Inside the load's transaction: live tables (and their indexes) become ``__old_<gen>``,
+    the staging ones take the live names.  Retried under a short lock timeout while a long
+    query holds a table, so readers queue behind the switch for at most that timeout.
+    Returns the old tables to drop after the commit."""
+    deadline = time.monotonic() + SWAP_WAIT_S
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            with conn.transaction(), conn.cursor() as cur:  # a savepoint: a lock timeout undoes only this try
+                cur.execute(
+                    sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(f"{SWAP_LOCK_TIMEOUT_S * 1000:.0f}ms"))
+                )
+                live = [t for t in TABLES if cur.execute("SELECT to_regclass(%s)", [f"public.{t}"]).fetchone()[0]]
+                if live:
+                    cur.execute(
+                        sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(
+                            sql.SQL(", ").join(map(sql.Identifier, live))
+                        )
+                    )
+                for table in live:
+                    _rename(cur, "TABLE", table, table + OLD + gen)
+                    for name in _index_names(table):
+                        if cur.execute("SELECT to_regclass(%s)", [f"public.{name}"]).fetchone()[0]:
+                            _rename(cur, "INDEX", name, name + OLD + gen)
+                for table in TABLES:
+                    _rename(cur, "TABLE", table + STAGING + gen, table)
+                    for name in _index_names(table):
+                        _rename(cur, "INDEX", name + STAGING + gen, name)
+            return [t + OLD + gen for t in live]
+        except psycopg.errors.LockNotAvailable:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise LoadError(
+                    f"could not switch to the new data: a long query kept a lock on the tables for "
+                    f"{SWAP_WAIT_S:.0f} s; the previous data is still live (try again when it has finished)"
+                ) from None
+            pause = min(0.2 * attempt, 2.0, left)
+            _say(f"  a query holds the tables; switching again in {pause:.1f} s (attempt {attempt})")
+            time.sleep(pause)
+
+
+def drop_tables(conn: psycopg.Connection, tables: list[str]) -> list[str]:
+    """Drop these (old or leftover) tables, each waiting at most DROP_LOCK_TIMEOUT_S for its last
+    readers; returns the ones still there (the next load drops them)."""
+    kept = []
+    for table in tables:
+        try:
+            with conn.transaction():
+                conn.execute(
+                    sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(f"{DROP_LOCK_TIMEOUT_S * 1000:.0f}ms"))
+                )
+                conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(table)))
+        except psycopg.errors.LockNotAvailable:
+            kept.append(table)
+    return kept
+
+
+def leftover_tables(conn: psycopg.Connection) -> list[str]:
+    """Staging or old generations of the data tables that an interrupted load left behind."""
+    rows = conn.execute(
+        "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = 'public' AND c.relkind = 'r' AND c.relname ~ %s ORDER BY 1",
+        [LEFTOVER_RE],
+    ).fetchall()
+    return [r[0] for r in rows]
+
+
 def write_dataset(conn: psycopg.Connection, data: synthetic.Dataset, info: dict) -> dict[str, int]:
+    """Replace the three data tables with ``data`` (see the comment above); ``conn`` in autocommit."""
     frames = {"zipcode_features": data.zipcodes, "credit_history": data.credit_history, "loans": data.loans}
     total = sum(len(f) for f in frames.values())
     done = 0
@@ -203,39 +348,46 @@ def write_dataset(conn: psycopg.Connection, data: synthetic.Dataset, info: dict)
             last[0] = now
             _say(f"  copied {done:,} / {total:,} rows ({100 * done / total:.0f}%)")
 
-    counts = {}
-    with conn.transaction(), conn.cursor() as cur:
-        for table, frame in frames.items():
-            cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(table)))
-            columns = sql.SQL(", ").join(
-                sql.SQL("{} {}{}").format(sql.Identifier(c), sql.SQL(t), sql.SQL("" if c in NULLABLE else " NOT NULL"))
-                for c, t in TABLES[table]
-            )
-            cur.execute(sql.SQL("CREATE TABLE {} ({})").format(sql.Identifier(table), columns))
-            _copy_frame(cur, table, frame, progress)
-            if table in PRIMARY_KEYS:
-                cur.execute(
-                    sql.SQL("ALTER TABLE {} ADD PRIMARY KEY ({})").format(
-                        sql.Identifier(table), sql.Identifier(PRIMARY_KEYS[table])
-                    )
-                )
-            for name, cols in INDEXES[table]:
-                parts = [sql.SQL(" ").join([sql.Identifier(c.split()[0]), *map(sql.SQL, c.split()[1:])]) for c in cols]
-                cur.execute(
-                    sql.SQL("CREATE INDEX {} ON {} ({})").format(
-                        sql.Identifier(name), sql.Identifier(table), sql.SQL(", ").join(parts)
-                    )
-                )
-            cur.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(table)))
-            counts[table] = len(frame)
-        cur.execute(
-            "CREATE TABLE IF NOT EXISTS loan_desk_dataset ("
-            " loaded_at timestamptz NOT NULL DEFAULT now(), info jsonb NOT NULL)"
-        )
-        cur.execute("DELETE FROM loan_desk_dataset")
+    gen = secrets.token_hex(4)
+    counts = {table: len(frame) for table, frame in frames.items()}
+    with conn.transaction():
+        with conn.cursor() as cur:
+            for table, frame in frames.items():
+                _stage(cur, table, gen, frame, progress)
+        old = _switch(conn, gen)
+        conn.execute("DELETE FROM loan_desk_dataset")
         full = {**info, "rows": counts, "loaded_at": datetime.now(UTC).isoformat()}
-        cur.execute("INSERT INTO loan_desk_dataset (info) VALUES (%s)", [json.dumps(full)])
+        # Dated at the switch, not at the start of the transaction: a materialization that ran
+        # during the COPY read the old data and must count as older than this load.
+        conn.execute(
+            "INSERT INTO loan_desk_dataset (loaded_at, info) VALUES (clock_timestamp(), %s)", [json.dumps(full)]
+        )
+    kept = drop_tables(conn, old)
+    if kept:
+        _say(f"  {', '.join(kept)} still in use: the next load drops it")
     return counts
+
+
+@contextmanager
+def _load_lock(conn: psycopg.Connection):
+    """One load at a time per database (session advisory lock on the load's connection)."""
+    t0 = time.monotonic()
+    said = False
+    while not conn.execute("SELECT pg_try_advisory_lock(%s)", [LOAD_LOCK]).fetchone()[0]:
+        if time.monotonic() - t0 > LOAD_LOCK_WAIT_S:
+            raise LoadError(f"another load of this database has been running for over {LOAD_LOCK_WAIT_S:.0f} s")
+        if not said:
+            _say("waiting for another load of this database to finish ...")
+            said = True
+        time.sleep(0.5)
+    try:
+        yield
+    finally:
+        if not conn.closed:
+            try:
+                conn.execute("SELECT pg_advisory_unlock(%s)", [LOAD_LOCK])
+            except psycopg.Error:
+                pass  # the connection is gone: so is its lock
 
 
 def load(settings: Settings, req: LoadRequest, force: bool = False) -> tuple[bool, str]:
@@ -251,7 +403,12 @@ def load(settings: Settings, req: LoadRequest, force: bool = False) -> tuple[boo
 
     migrate(settings)
     wanted = req.fingerprint()
-    with db.connect(settings, job=True, autocommit=False) as conn:
+    with db.connect(settings, job=True) as conn, _load_lock(conn):
+        conn.execute("SET application_name = 'loan-desk load'")
+        leftovers = leftover_tables(conn)
+        if leftovers:
+            kept = drop_tables(conn, leftovers)
+            _say(f"dropped {len(leftovers) - len(kept)} table(s) an interrupted load left behind")
         have = current_dataset(conn)
         have_key = {k: v for k, v in (have or {}).items() if k in wanted}
         if have_key == wanted and not force:

@@ -123,7 +123,15 @@ def stop_embedded_postgres() -> bool:
     pgdata = _pg_dir() / "data"
     if not (pgdata / "postmaster.pid").exists():
         return False
+    if os.geteuid() == 0:
+        # The helper user must still reach the data folder: something (a tool tightening its
+        # temporary folders, a user's chmod) may have closed a parent folder since the start.
+        from pgserver.utils import ensure_prefix_permissions
+
+        ensure_prefix_permissions(pgdata)
     out = _run_as_pg_user([_pg_bin("pg_ctl"), "-D", str(pgdata), "-w", "-m", "fast", "stop"])
+    if out.returncode and (pgdata / "postmaster.pid").exists():
+        raise ServiceError(f"could not stop the embedded Postgres: {(out.stderr or out.stdout).strip()}")
     return out.returncode == 0
 
 
@@ -137,14 +145,21 @@ def ensure_database(s: Settings) -> None:
         raise ServiceError(f"Postgres at {s.pg_where} refused the connection: {exc}") from None
 
 
-def ensure_postgres(s: Settings, allow_embedded: bool) -> str:
+def ensure_postgres(s: Settings, allow_embedded: bool, prepare_database: bool = True) -> str:
+    """Postgres answering; with ``prepare_database`` the configured database exists and is
+    migrated, else only the server is checked (through its ``postgres`` database)."""
     state = "external"
     if allow_embedded and _is_default_pg(s) and not _port_open(s.pghost, s.pgport):
         state = start_embedded_postgres(s)
     elif allow_embedded and _is_default_pg(s) and (_pg_dir() / "data" / "postmaster.pid").exists():
         state = "embedded (running)"
     try:
-        ensure_database(s)
+        if prepare_database:
+            ensure_database(s)
+        else:
+            from runtime import db
+
+            db.connect(s, dbname="postgres").close()
     except psycopg.OperationalError as exc:
         raise ServiceError(f"Postgres at {s.pg_where} is not reachable: {exc}".strip()) from None
     return state
@@ -217,16 +232,50 @@ def stop_embedded_valkey() -> bool:
     return True
 
 
-def ping_valkey(s: Settings) -> None:
-    try:
-        client = s.redis_client(socket_timeout=1, socket_connect_timeout=1)
-        try:
-            client.ping()
-        finally:
-            client.close()
-    except (redis.RedisError, redis.exceptions.RedisClusterException, OSError) as exc:
+VALKEY_LOADING_WAIT_S = 60.0
+
+
+def ping_valkey(s: Settings, loading_wait_s: float = VALKEY_LOADING_WAIT_S, say=None) -> None:
+    """PING Valkey (every seed of a cluster through its client).  A server that is still
+    loading its snapshot (dump.rdb) answers LOADING: wait for it, up to ``loading_wait_s``,
+    saying so once, rather than calling it unreachable."""
+    say = say or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    def failed(exc: BaseException) -> ServiceError:
         problem = redis_problem(exc, s.redis_tls) or f"failed: {exc}"
-        raise ServiceError(f"Valkey at {s.redis_where} {problem}") from None
+        return ServiceError(f"Valkey at {s.redis_where} {problem}")
+
+    # No retries of the client's own: redis-py retries connection errors (LOADING among them)
+    # with backoff for seconds, which would hide both the wait and a refused connection.
+    try:
+        client = s.redis_client(socket_timeout=1, socket_connect_timeout=1, retry=Retry(NoBackoff(), 0))
+    except (redis.RedisError, redis.exceptions.RedisClusterException, OSError) as exc:
+        raise failed(exc) from None
+    t0 = time.monotonic()
+    waiting = False
+    try:
+        while True:
+            try:
+                client.ping()
+                if waiting:
+                    say(f"Valkey at {s.redis_where} has loaded its dataset ({time.monotonic() - t0:.1f} s)")
+                return
+            except redis.exceptions.BusyLoadingError:
+                if time.monotonic() - t0 > loading_wait_s:
+                    raise ServiceError(
+                        f"Valkey at {s.redis_where} is still loading its dataset after {loading_wait_s:g} s; "
+                        "try again when it has finished"
+                    ) from None
+                if not waiting:
+                    say(f"waiting for Valkey at {s.redis_where} to load its dataset ...")
+                    waiting = True
+                time.sleep(0.1)
+            except (redis.RedisError, redis.exceptions.RedisClusterException, OSError) as exc:
+                raise failed(exc) from None
+    finally:
+        client.close()
 
 
 def ensure_valkey(s: Settings, allow_embedded: bool) -> str:
@@ -241,10 +290,12 @@ def ensure_valkey(s: Settings, allow_embedded: bool) -> str:
 
 
 # --- both ----------------------------------------------------------------------------
-def ensure_services(settings: Settings | None = None) -> ServiceState:
+def ensure_services(settings: Settings | None = None, prepare_database: bool = True) -> ServiceState:
+    """Both servers answering (the embedded ones started when nothing is configured and nothing
+    answers on the default ports); ``prepare_database``: see ensure_postgres."""
     s = settings or Settings.from_env()
     allow_embedded = not any_env_set()
-    pg = ensure_postgres(s, allow_embedded)
+    pg = ensure_postgres(s, allow_embedded, prepare_database)
     vk = ensure_valkey(s, allow_embedded)
     return ServiceState(postgres=pg, valkey=vk, settings=s)
 

@@ -48,6 +48,8 @@ def explain(exc: BaseException) -> str:
         return f"a table is missing in {pg} ({_first_line(exc)}); run `uv run loan-desk load` first"
     if isinstance(exc, psycopg.errors.DataError):
         return f"Postgres refused a value ({_first_line(exc)}); nothing was changed"
+    if isinstance(exc, redis.exceptions.BusyLoadingError):
+        return f"Valkey at {rd} is still loading its dataset; try again in a moment"
     problem = redis_problem(exc, s.redis_tls)
     if problem is not None:
         return f"Valkey at {rd} {problem}; check REDIS_URL, or start it with `uv run loan-desk services`"

@@ -16,7 +16,7 @@ import pytest
 import redis
 
 from runtime.settings import FEATURE_REPO
-from tests.conftest import forget_feast_project
+from tests.conftest import NAMES, forget_feast_project
 
 VIEWS = ("credit_history", "zipcode_features")
 
@@ -30,7 +30,7 @@ def projects(backbone):
     made, extra_keys = [], []
 
     def make(name: str, register: bool = True, **changes):
-        s = dataclasses.replace(backbone["settings"], project=name, **changes)
+        s = dataclasses.replace(backbone["settings"], project=NAMES.project_for(name), **changes)
         forget_feast_project(s)
         made.append(s)
         if register:

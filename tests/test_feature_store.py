@@ -142,15 +142,18 @@ def test_training_metadata(backbone):
 def test_full_materialize_leaves_other_keys_of_the_redis_db_alone(backbone, redis_client, pg):
     from feast_ext.materialize import materialize
 
-    redis_client.set(b"another-app:setting", b"keep me")
+    s = backbone["settings"]
+    other = f"another-app:{s.project}:setting".encode()  # a key of this run's own: runs share the db
+    redis_client.set(other, b"keep me")
     try:
-        res = materialize(backbone["settings"], requested_by="tests", full=True)
-        assert redis_client.get(b"another-app:setting") == b"keep me"
+        res = materialize(s, requested_by="tests", full=True)
+        assert redis_client.get(other) == b"keep me"
         # The run counts this project's entities only (other projects may share the Redis db).
         entities = pg.execute(
             "SELECT (SELECT count(DISTINCT dob_ssn) FROM credit_history) "
             "+ (SELECT count(DISTINCT zipcode) FROM zipcode_features)"
         ).fetchone()[0]
         assert res.rows == entities > 0
+        assert res.rows == sum(1 for k in redis_client.scan_iter(count=10_000) if k.endswith(s.project.encode()))
     finally:
-        redis_client.delete(b"another-app:setting")
+        redis_client.delete(other)

@@ -23,13 +23,13 @@ import psycopg
 import pytest
 import redis
 
-from tests.conftest import forget_feast_project
+from tests.conftest import NAMES, forget_feast_project
 
 DB_A = os.environ.get("LOAN_DESK_WRITER_TEST_DB_A", "loan_desk_writer_test_a")
 DB_B = os.environ.get("LOAN_DESK_WRITER_TEST_DB_B", "loan_desk_writer_test_b")
 REDIS_A = int(os.environ.get("LOAN_DESK_WRITER_TEST_REDIS_A", "10"))
 REDIS_B = int(os.environ.get("LOAN_DESK_WRITER_TEST_REDIS_B", "11"))
-PROJECT = "loan_desk_writer_diff_test"
+PROJECT = NAMES.project_for("writer_diff")  # the run's own (LOAN_DESK_TEST_ID)
 APPLICANTS = 400
 KEY_TTL_S = 30 * 86_400
 TTL_SLACK_S = 2

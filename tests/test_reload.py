@@ -9,14 +9,15 @@ from datetime import datetime
 
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import NAMES, claim_database, run_cli
 
 
 @pytest.fixture(scope="module")
 def scratch(settings, tmp_path_factory):
     from bootstrap.services import ensure_database
 
-    s = dataclasses.replace(settings, pgdatabase=settings.pgdatabase + "_reload", project="ld_reload_test")
+    s = dataclasses.replace(settings, pgdatabase=NAMES.reload_db, project=NAMES.project_for("reload"))
+    claim_database(settings, s.pgdatabase)
     ensure_database(s)
     return s, tmp_path_factory.mktemp("reload-model")
 
