@@ -18,6 +18,7 @@ def clip(value: object, limit: int = MAX_ECHO) -> str:
 
 def explain(exc: BaseException) -> str:
     import psycopg
+    import redis
 
     from runtime.db import DatabaseUnavailable, ServerStalled
     from runtime.settings import Settings
