@@ -72,6 +72,28 @@ def capture(url: str, password: str) -> None:
         page.get_by_role("link", name="Model card").click()
         page.get_by_text("Feature importance").first.wait_for()
         _shot(page, "model_card", 1900)
+
+        page.get_by_role("link", name="Users").click()
+        page.get_by_text("Sign-in lockouts").first.wait_for()
+        _shot(page, "users", 1200)
+
+        # A phone: the apply page after a decision, at 390 x 844.
+        phone = browser.new_page(viewport={"width": 390, "height": 844}, device_scale_factor=1)
+        phone.set_default_timeout(60_000)
+        phone.goto(url)
+        phone.get_by_label("User name").fill(USER)
+        phone.get_by_label("Password", exact=True).fill(password)
+        phone.get_by_role("button", name="Log in").click()
+        phone.get_by_role("button", name="Fill with a sample applicant").click()
+        phone.wait_for_function(
+            "[...document.querySelectorAll('input')].some(i => i.getAttribute('aria-label') === 'Zipcode' && i.value)"
+        )
+        phone.get_by_role("button", name="Decide").click()
+        phone.get_by_text("Your recent decisions").wait_for()
+        phone.set_viewport_size({"width": 390, "height": 4200})
+        phone.wait_for_timeout(1500)
+        phone.screenshot(path=str(OUT / "apply_phone.png"))
+        print("wrote docs/apply_phone.png", file=sys.stderr)
         browser.close()
 
 
