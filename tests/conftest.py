@@ -182,6 +182,16 @@ def claim_database(settings, name: str, fresh: bool = False) -> None:
         conn.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(sql.Identifier(name), sql.Literal(MARK)))
 
 
+def foreign_databases(settings) -> list[str]:
+    """The suite's names taken by databases that are neither marked as its own nor empty."""
+    with _admin(settings) as conn:
+        rows = conn.execute(
+            "SELECT datname, shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = ANY(%s)",
+            [NAMES.databases],
+        ).fetchall()
+    return [name for name, mark in rows if mark != MARK and not _is_empty(settings, name)]
+
+
 def drop_database(settings, name: str) -> bool:
     """Drop ``name`` if it carries this suite's mark; anything else is left alone (False)."""
     from psycopg import sql
@@ -250,11 +260,16 @@ def settings(request, tmp_path_factory):
     request.addfinalizer(lock.close)
     if not lock.execute("SELECT pg_try_advisory_lock(hashtext(%s))", [f"{MARK} {NAMES.db}"]).fetchone()[0]:
         pytest.exit(f"another test run is using database {NAMES.db}: set another LOAN_DESK_TEST_ID", returncode=2)
-    try:
-        for name in (NAMES.db, NAMES.writer_db_a, NAMES.writer_db_b, *NAMES.bench_dbs):
-            claim_database(s, name)
-    except NotOurs as exc:
-        pytest.exit(str(exc), returncode=2)
+    foreign = foreign_databases(s)
+    if foreign:
+        pytest.exit(
+            f"database(s) {', '.join(foreign)} exist without the mark {MARK!r}: the tests will not touch them. "
+            "Choose another LOAN_DESK_TEST_ID, or, if they are test databases of an older version, mark them: "
+            + "; ".join(f"psql -d postgres -c \"COMMENT ON DATABASE {n} IS '{MARK}'\"" for n in foreign),
+            returncode=2,
+        )
+    for name in (NAMES.db, NAMES.writer_db_a, NAMES.writer_db_b, *NAMES.bench_dbs):
+        claim_database(s, name)
     ensure_services(s)  # migrations, and Valkey answering
     if request.config.getoption("--drop-test-data"):
         request.addfinalizer(lambda: _drop_test_data(s))
