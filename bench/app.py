@@ -28,6 +28,7 @@ BENCH_USER = "bench_officer"
 # The fresh start's own database, Redis db and home: emptied before it runs.
 COLD_DB = os.environ.get("LOAN_DESK_BENCH_COLD_DB", "loan_desk_bench_cold")
 COLD_REDIS = os.environ.get("LOAN_DESK_BENCH_COLD_REDIS_URL", "redis://127.0.0.1:6379/14")
+COLD_PROJECT = "loan_desk_bench_cold"  # its online keys end with this: only they are cleared
 
 
 def _not_run(reason: str) -> dict:
@@ -39,16 +40,29 @@ def _not_run(reason: str) -> dict:
 
 def measure_fresh_start() -> dict:
     """`uv run loan-desk` on nothing (empty database, Redis db, home), then once more on what it made."""
+    import dataclasses
+    from urllib.parse import urlparse
+
     import psycopg
-    import redis
     from psycopg import sql
 
+    from feast_ext.store import clear_online
     from runtime.settings import Settings
+
+    url = urlparse(COLD_REDIS)
+    cold = dataclasses.replace(
+        Settings.from_env(),
+        redis_host=url.hostname,
+        redis_port=url.port or 6379,
+        redis_db=int(url.path.strip("/") or 0),
+        redis_nodes=((url.hostname, url.port or 6379),),
+        project=COLD_PROJECT,
+    )
 
     def empty() -> None:
         with psycopg.connect(**Settings.from_env().pg_kwargs("postgres"), autocommit=True) as conn:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(COLD_DB)))
-        redis.Redis.from_url(COLD_REDIS).flushdb()
+        clear_online(cold)  # this run's project only, never the whole Redis db
 
     def seconds_to_healthy(cmd: list[str], env: dict, timeout: float) -> float:
         proc, seconds = start_app([*cmd, "--port", str(free_port())], env, timeout)
@@ -60,7 +74,13 @@ def measure_fresh_start() -> dict:
     cmd = [uv, "run", "loan-desk"] if uv else [str(Path(sys.executable).with_name("loan-desk"))]
     out = {"fresh_start_command": " ".join(["uv run loan-desk"] if uv else cmd)}
     with tempfile.TemporaryDirectory(prefix="loan-desk-cold-") as home:
-        env = {**os.environ, "PGDATABASE": COLD_DB, "REDIS_URL": COLD_REDIS, "LOAN_DESK_HOME": home}
+        env = {
+            **os.environ,
+            "PGDATABASE": COLD_DB,
+            "REDIS_URL": COLD_REDIS,
+            "LOAN_DESK_HOME": home,
+            "LOAN_DESK_FEAST_PROJECT": COLD_PROJECT,
+        }
         env.pop("LOAN_DESK_FEAST_REDIS", None)
         env.pop("LOAN_DESK_REGISTRY_URL", None)
         say(f"app: {out['fresh_start_command']} on fresh data (database {COLD_DB}) ...")
