@@ -20,7 +20,7 @@ from model.inference import (
     StoreUnavailable,
     age_on,
 )
-from pages._ui import current_user, explain, guarded, require, settings, show_error
+from pages._ui import current_user, explain, guarded, plain, require, settings, show_error
 from runtime import decisions as audit
 from runtime import explore
 from runtime.schema import masked_applicant
@@ -121,25 +121,25 @@ def _decide(raw: dict, holes: dict) -> None:
     except ApplicationError as err:
         for key, msg in err.errors.items():
             target = holes.get(key) or holes["dob_ssn"]
-            target.error(f"{LABELS.get(key, key)} {msg}", icon=":material/error:")
+            target.error(plain(f"{LABELS.get(key, key)} {msg}"), icon=":material/error:")
         st.session_state["ld_last_decision"] = None
         st.error("Please correct the highlighted fields.", icon=":material/edit_note:")
         return
     except MissingFeatures as err:
         st.session_state["ld_last_decision"] = None
-        st.warning(str(err), icon=":material/person_search:")
+        st.warning(plain(err), icon=":material/person_search:")
         return
     except StoreUnavailable as err:
         st.session_state["ld_last_decision"] = None
         st.error(
             f"The online feature store is unreachable, so no decision can be made right now. "
-            f"Try again in a moment. ({err})",
+            f"Try again in a moment. ({plain(err)})",
             icon=":material/cloud_off:",
         )
         return
     except ModelUnavailable as err:
         st.session_state["ld_last_decision"] = None
-        st.error(str(err), icon=":material/model_training:")
+        st.error(plain(err), icon=":material/model_training:")
         return
     except Exception as exc:
         st.session_state["ld_last_decision"] = None
