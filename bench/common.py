@@ -89,8 +89,11 @@ def ensure_data(applicants: int, materialized: bool = False, trained: bool = Fal
     if trained:
         from model.bundles import current_metadata
         from model.train import train
+        from runtime.dataset import data_state
 
-        if changed or current_metadata() is None:
+        # One model folder serves every benchmark data set: retrain when the model was fitted to
+        # another load than this database's (decisions on it would be refused as outdated).
+        if changed or current_metadata() is None or data_state(s).model_older_than_data(current_metadata()):
             say("training the model for the benchmark ...")
             train(feature_store(s), s)
     return s
