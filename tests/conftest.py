@@ -30,6 +30,7 @@ import re
 import subprocess
 import sys
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -382,3 +383,30 @@ def forget_feast_project(settings) -> None:
                 sql.SQL("DELETE FROM feast_registry.{} WHERE project_id = %s").format(sql.Identifier(table)),
                 [settings.project],
             )
+
+
+def age(dob_ssn: str) -> int:
+    """Whole years since the applicant's date of birth (the YYYYMMDD of a dob_ssn)."""
+    from model.inference import age_on
+
+    return age_on(datetime.strptime(dob_ssn[:8], "%Y%m%d").date())
+
+
+@pytest.fixture(scope="module")
+def app(backbone, settings):
+    """An application of the first loan's applicant and zipcode (in the session's data)."""
+    from runtime import db
+
+    with db.connect(settings) as conn:
+        key, zipcode = conn.execute("SELECT dob_ssn, zipcode FROM loans ORDER BY loan_id LIMIT 1").fetchone()
+    return {
+        "dob_ssn": key,
+        "zipcode": zipcode,
+        "person_age": age(key),
+        "person_income": 52000,
+        "person_home_ownership": "RENT",
+        "person_emp_length": 3,
+        "loan_intent": "MEDICAL",
+        "loan_amnt": 9000,
+        "loan_int_rate": 12.5,
+    }

@@ -20,8 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, run_cli
-from tests.test_inference import _age
+from tests.conftest import ROOT, age, run_cli
 
 EXE = Path(sys.executable).parent / "loan-desk"
 
@@ -115,22 +114,8 @@ def server(backbone, clients, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def application(backbone, settings):
-    import psycopg
-
-    with psycopg.connect(**settings.pg_kwargs()) as conn:
-        key, zipcode = conn.execute("SELECT dob_ssn, zipcode FROM loans ORDER BY loan_id LIMIT 1").fetchone()
-    return {
-        "dob_ssn": key,
-        "zipcode": zipcode,
-        "person_age": _age(key),
-        "person_income": 52000,
-        "person_home_ownership": "RENT",
-        "person_emp_length": 3,
-        "loan_intent": "MEDICAL",
-        "loan_amnt": 9000,
-        "loan_int_rate": 12.5,
-    }
+def application(app):
+    return app
 
 
 def _count(pg, username: str) -> int:
@@ -297,7 +282,7 @@ def test_body_limits_and_malformed_bodies_are_json_errors(server, clients, appli
 def test_an_applicant_without_online_features_is_referred_not_decided(server, clients, application, pg):
     name = clients["names"]["los"]
     before = _count(pg, f"api:{name}")
-    unknown = {**application, "dob_ssn": "19700101_0001", "person_age": _age("19700101_0001")}
+    unknown = {**application, "dob_ssn": "19700101_0001", "person_age": age("19700101_0001")}
     status, _, body, text = server.call("POST", "/v1/decisions", unknown, token=clients["los"])
     _assert_error(status, body, text, 409)
     assert body["refer"] == "manual_underwriting" and body["missing"] == ["credit_history"]

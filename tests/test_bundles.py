@@ -9,7 +9,6 @@ import logging
 import shutil
 import threading
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -21,12 +20,6 @@ from model.bundles import BundleError, UnknownVersion, check_decisions, current_
 from model.features import FEATURES
 from model.inference import BundleInvalid, DecisionService, ModelUnavailable
 from tests.conftest import run_cli
-
-
-def _age(dob_ssn: str) -> int:
-    b = datetime.strptime(dob_ssn[:8], "%Y%m%d").date()
-    t = datetime.now(UTC).date()
-    return t.year - b.year - ((t.month, t.day) < (b.month, b.day))
 
 
 def _digest(folder: Path) -> dict[str, str]:
@@ -54,25 +47,6 @@ def root(trained, tmp_path):
     shutil.copytree(trained["root"] / bundles.BUNDLES, tmp_path / bundles.BUNDLES)
     use(trained["a"]["model_version"], tmp_path)
     return tmp_path
-
-
-@pytest.fixture(scope="module")
-def app(backbone, settings):
-    import psycopg
-
-    with psycopg.connect(**settings.pg_kwargs()) as conn:
-        key, zipcode = conn.execute("SELECT dob_ssn, zipcode FROM loans ORDER BY loan_id LIMIT 1").fetchone()
-    return {
-        "dob_ssn": key,
-        "zipcode": zipcode,
-        "person_age": _age(key),
-        "person_income": 52000,
-        "person_home_ownership": "RENT",
-        "person_emp_length": 3,
-        "loan_intent": "MEDICAL",
-        "loan_amnt": 9000,
-        "loan_int_rate": 12.5,
-    }
 
 
 def _copy_bundle(root: Path, source: str, version: str, raw: bytes | None = None, **meta_changes) -> str:

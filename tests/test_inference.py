@@ -19,32 +19,7 @@ from model.inference import (
     StoreUnavailable,
     parse_application,
 )
-from tests.conftest import run_cli
-
-
-def _age(dob_ssn: str) -> int:
-    b = datetime.strptime(dob_ssn[:8], "%Y%m%d").date()
-    t = datetime.now(UTC).date()
-    return t.year - b.year - ((t.month, t.day) < (b.month, b.day))
-
-
-@pytest.fixture(scope="module")
-def app(backbone, settings):
-    import psycopg
-
-    with psycopg.connect(**settings.pg_kwargs()) as conn:
-        key, zipcode = conn.execute("SELECT dob_ssn, zipcode FROM loans ORDER BY loan_id LIMIT 1").fetchone()
-    return {
-        "dob_ssn": key,
-        "zipcode": zipcode,
-        "person_age": _age(key),
-        "person_income": 52000,
-        "person_home_ownership": "RENT",
-        "person_emp_length": 3,
-        "loan_intent": "MEDICAL",
-        "loan_amnt": 9000,
-        "loan_int_rate": 12.5,
-    }
+from tests.conftest import age, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -103,13 +78,13 @@ def test_bad_input_is_refused_with_a_message_per_field(service, app, change, fie
 
 def test_age_must_match_the_date_of_birth(app):
     with pytest.raises(ApplicationError) as err:
-        parse_application({**app, "person_age": _age(app["dob_ssn"]) + 10})
+        parse_application({**app, "person_age": age(app["dob_ssn"]) + 10})
     assert "does not match" in err.value.errors["person_age"]
 
 
 def test_unknown_applicant_and_zipcode_are_refused_explicitly(service, app):
     with pytest.raises(MissingFeatures, match="this applicant has no credit file") as err:
-        service.decide({**app, "dob_ssn": "19700101_0000", "person_age": _age("19700101_0000")})
+        service.decide({**app, "dob_ssn": "19700101_0000", "person_age": age("19700101_0000")})
     assert err.value.missing == ["credit_history"]
     assert "19700101" not in str(err.value) and "0000" not in str(err.value)  # no dob_ssn in clear text
     with pytest.raises(MissingFeatures, match="zipcode 00007 has no statistics") as err:
@@ -143,7 +118,7 @@ def stale_applicant(service, app, pg, redis_client):
 
     values = {c: 100 * (i + 1) for i, c in enumerate(CREDIT_FEATURES)}
     try:
-        yield {**app, "dob_ssn": STALE_KEY, "person_age": _age(STALE_KEY)}, write, values
+        yield {**app, "dob_ssn": STALE_KEY, "person_age": age(STALE_KEY)}, write, values
     finally:
         pg.execute("DELETE FROM credit_history WHERE dob_ssn = %s", [STALE_KEY])
         ek = EntityKey(join_keys=["dob_ssn"], entity_values=[Value(string_val=STALE_KEY)])
