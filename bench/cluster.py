@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from bench.common import SMALL, ensure_data, percentiles, record, say
+from bench.decision import _time
 
 FIRST_PORT = int(os.environ.get("LOAN_DESK_BENCH_CLUSTER_PORT", "7311"))
 QUICK = {"calls": 300}
@@ -114,16 +115,6 @@ def local_cluster(first_port: int, directory: Path, node_timeout_ms: int = 2000)
             else:
                 with contextlib.suppress(OSError):
                     os.kill(pid, signal.SIGKILL)
-
-
-def _time(fn, apps: list[dict], calls: int) -> list[float]:
-    samples = []
-    for i in range(calls):
-        app = apps[i % len(apps)]
-        t0 = time.perf_counter()
-        fn(app)
-        samples.append(time.perf_counter() - t0)
-    return samples
 
 
 def run(calls: int = 10_000, applicants: int = SMALL) -> dict:

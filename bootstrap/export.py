@@ -46,6 +46,7 @@ from psycopg import sql
 
 from bootstrap.load import TABLES
 from feast_ext.spark import EXPORT_TABLES, MANIFEST, PARTITION_COLUMN
+from runtime.files import fsync_dir
 from runtime.settings import Settings
 
 ROWS_PER_FILE = 1_000_000
@@ -122,14 +123,6 @@ def _prepare_parent(parent: Path) -> None:
         raise ExportError(f"{parent} is not a folder: choose a folder for the export")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise ExportError(f"cannot write in {parent}: permission denied")
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # --- reading Postgres ----------------------------------------------------------------------
@@ -322,7 +315,7 @@ def export_parquet(settings: Settings, target: Path, progress=_say) -> ExportRes
                 },
             }
             (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
-            _fsync_dir(tmp)
+            fsync_dir(tmp)
             version = parent / f"{target.name}.v-{stamp}"
             os.rename(tmp, version)
         except BaseException:
@@ -334,7 +327,7 @@ def export_parquet(settings: Settings, target: Path, progress=_say) -> ExportRes
         if target.is_dir() and not target.is_symlink():
             target.rmdir()  # empty (checked above)
         os.replace(link, target)
-        _fsync_dir(parent)
+        fsync_dir(parent)
         for old in _version_glob(target, "v"):
             if old.name != version.name:
                 shutil.rmtree(old, ignore_errors=True)

@@ -28,6 +28,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from runtime.files import fsync_dir
 from runtime.settings import model_dir
 
 BUNDLES = "bundles"
@@ -102,14 +103,6 @@ def read_pointer(path: str) -> str | None:
     return data.decode("utf-8", "replace").strip() or None
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_file(path: Path, data: bytes) -> None:
     with open(path, "xb") as f:
         f.write(data)
@@ -129,7 +122,7 @@ def use(version: str, root: Path | str | None = None) -> None:
         os.replace(tmp, root / POINTER)
     finally:
         tmp.unlink(missing_ok=True)
-    _fsync_dir(root)
+    fsync_dir(root)
 
 
 # --- writing ----------------------------------------------------------------------------------------
@@ -154,12 +147,12 @@ def write_bundle(raw: bytes, meta: dict, root: Path | str | None = None) -> Path
         _write_file(tmp / META_FILE, json.dumps(meta, indent=2).encode())
         for name in (MODEL_FILE, META_FILE):
             os.chmod(tmp / name, 0o444)
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         try:
             os.rename(tmp, final)  # fails if a bundle of that name appeared meanwhile
         except OSError as exc:
             raise BundleError(version, f"cannot publish it as {final}: {exc.strerror or exc}") from None
-        _fsync_dir(parent)
+        fsync_dir(parent)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
