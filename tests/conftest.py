@@ -56,6 +56,7 @@ class Names:
     load_db: str
     fresh_db: str
     reload_db: str
+    cluster_db: str
     writer_db_a: str
     writer_db_b: str
     bench_db: str
@@ -77,6 +78,7 @@ class Names:
             self.load_db,
             self.fresh_db,
             self.reload_db,
+            self.cluster_db,
             self.writer_db_a,
             self.writer_db_b,
             *self.bench_dbs,
@@ -101,6 +103,7 @@ def _names() -> Names:
         load_db=f"{db}_load",
         fresh_db=f"{db}_fresh",
         reload_db=f"{db}_reload",
+        cluster_db=os.environ.get("LOAN_DESK_CLUSTER_TEST_DB", f"{db}_cl"),
         writer_db_a=env("LOAN_DESK_WRITER_TEST_DB_A") or f"loan_desk_{TEST_ID}_writer_a",
         writer_db_b=env("LOAN_DESK_WRITER_TEST_DB_B") or f"loan_desk_{TEST_ID}_writer_b",
         bench_db=env("LOAN_DESK_BENCH_SMOKE_DB") or f"loan_desk_{TEST_ID}_bench",

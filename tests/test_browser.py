@@ -165,8 +165,16 @@ def test_officer_decides_and_sees_it_in_recent_decisions(app_url, page, pg):
         "[...document.querySelectorAll('input')].some(i => i.getAttribute('aria-label') === 'Zipcode' && i.value)"
     )
     page.get_by_role("button", name="Decide").click()
-    page.get_by_text("probability of default").first.wait_for(timeout=30_000)
-    verdict = page.locator('[data-testid="stAlert"]').filter(has_text="probability of default").first.inner_text()
+    # The verdict is an alert ("APPROVE — probability of default …"); the recent-decisions table
+    # has a column of that name too, so wait for the alert itself, and say what the page showed.
+    alert = page.locator('[data-testid="stAlert"]').filter(has_text="probability of default").first
+    try:
+        alert.wait_for(timeout=60_000)
+    except Exception:
+        shown = page.locator('[data-testid="stAlert"]').all_inner_texts()
+        _shot(page, "apply_no_verdict")
+        raise AssertionError(f"no verdict after Decide; the page's messages: {shown}") from None
+    verdict = alert.inner_text()
     assert "APPROVE" in verdict or "REJECT" in verdict
     page.locator('[data-testid="stPlotlyChart"] .waterfalllayer .point').first.wait_for(timeout=30_000)
     _expect_text(page, "Features used")

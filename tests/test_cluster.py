@@ -23,11 +23,11 @@ import pytest
 from bench.cluster import node_pid, wait_state_ok
 from model.features import CREDIT_FEATURES, ZIPCODE_FEATURES, ZIPCODE_TEXT
 from runtime.settings import Settings, parse_redis_url
-from tests.conftest import TEST_DB, run_cli
+from tests.conftest import NAMES, claim_database, run_cli
 
 FIRST_PORT = int(os.environ.get("LOAN_DESK_CLUSTER_TEST_PORT", "7301"))
 PORTS = list(range(FIRST_PORT, FIRST_PORT + 6))
-CLUSTER_DB = os.environ.get("LOAN_DESK_CLUSTER_TEST_DB", f"{TEST_DB}_cl")
+CLUSTER_DB = NAMES.cluster_db
 SEEDS = f"127.0.0.1:{PORTS[0]},127.0.0.1:{PORTS[1]}"
 APPLICANTS = 1500
 
@@ -105,7 +105,9 @@ def cluster(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def cs(cluster, settings):
-    """The tests' settings pointed at the cluster and the cluster's own database."""
+    """The tests' settings pointed at the cluster and the cluster's own database (made and marked
+    as the suite's, like every database it touches)."""
+    claim_database(settings, CLUSTER_DB)
     return dataclasses.replace(settings, pgdatabase=CLUSTER_DB, **parse_redis_url(f"redis+cluster://{SEEDS}"))
 
 
