@@ -41,23 +41,14 @@ def _not_run(reason: str) -> dict:
 def measure_fresh_start() -> dict:
     """`uv run loan-desk` on nothing (empty database, Redis db, home), then once more on what it made."""
     import dataclasses
-    from urllib.parse import urlparse
 
     import psycopg
     from psycopg import sql
 
     from feast_ext.store import clear_online
-    from runtime.settings import Settings
+    from runtime.settings import Settings, parse_redis_url
 
-    url = urlparse(COLD_REDIS)
-    cold = dataclasses.replace(
-        Settings.from_env(),
-        redis_host=url.hostname,
-        redis_port=url.port or 6379,
-        redis_db=int(url.path.strip("/") or 0),
-        redis_nodes=((url.hostname, url.port or 6379),),
-        project=COLD_PROJECT,
-    )
+    cold = dataclasses.replace(Settings.from_env(), **parse_redis_url(COLD_REDIS), project=COLD_PROJECT)
 
     def empty() -> None:
         with psycopg.connect(**Settings.from_env().pg_kwargs("postgres"), autocommit=True) as conn:

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from feast_ext.store import feature_store, new_feature_store, online_key_count
 from runtime import db
 from runtime import runs as run_log
+from runtime.dataset import read_data_state
 from runtime.runs import LOCK_KEY
 from runtime.settings import Settings
 
@@ -32,19 +33,6 @@ class AlreadyRunning(RuntimeError):
     """Another materialization holds the lock."""
 
 
-def dataset_loaded_at(conn: object) -> datetime | None:
-    return conn.execute(
-        "SELECT CASE WHEN to_regclass('public.loan_desk_dataset') IS NULL THEN NULL "
-        "ELSE (SELECT max(loaded_at) FROM loan_desk_dataset) END"
-    ).fetchone()[0]
-
-
-def last_success(conn: object) -> datetime | None:
-    return conn.execute("SELECT max(started_at) FROM loan_desk_materialize_runs WHERE status = 'succeeded'").fetchone()[
-        0
-    ]
-
-
 def materialization_state(store) -> dict[str, tuple[datetime | None, datetime | None]]:
     """Per feature view: (start, end) of its latest materialized interval."""
     out = {}
@@ -62,8 +50,7 @@ def needs_full_refresh(store, conn: object) -> bool:
     """
     if any(end is None for _, end in materialization_state(store).values()):
         return True
-    loaded, done = dataset_loaded_at(conn), last_success(conn)
-    return loaded is not None and (done is None or done < loaded)
+    return read_data_state(conn).online_older_than_data
 
 
 def _write_views(settings: Settings, store, views, start, end, full: bool, step, guard) -> None:

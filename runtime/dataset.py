@@ -42,11 +42,16 @@ class DataState:
         return steps
 
 
+def read_data_state(conn) -> DataState:
+    """The state, read on ``conn`` (a job's own connection, e.g. the materialize run's)."""
+    row = conn.execute(
+        "SELECT (SELECT loaded_at FROM loan_desk_dataset ORDER BY loaded_at DESC LIMIT 1), "
+        "(SELECT info FROM loan_desk_dataset ORDER BY loaded_at DESC LIMIT 1), "
+        "(SELECT max(started_at) FROM loan_desk_materialize_runs WHERE status = 'succeeded')"
+    ).fetchone()
+    return DataState(loaded_at=row[0], info=row[1], materialized_at=row[2])
+
+
 def data_state(settings: Settings) -> DataState:
     with db.connection(settings) as conn:
-        row = conn.execute(
-            "SELECT (SELECT loaded_at FROM loan_desk_dataset ORDER BY loaded_at DESC LIMIT 1), "
-            "(SELECT info FROM loan_desk_dataset ORDER BY loaded_at DESC LIMIT 1), "
-            "(SELECT max(started_at) FROM loan_desk_materialize_runs WHERE status = 'succeeded')"
-        ).fetchone()
-    return DataState(loaded_at=row[0], info=row[1], materialized_at=row[2])
+        return read_data_state(conn)
