@@ -410,7 +410,9 @@ ol.reasons li { margin-bottom: 6px; }
 .detail { color: #555; font-size: 13px; display: block; }
 .score { border: 1px solid #c8d1dc; background: #f6f8fb; padding: 10px 14px; }
 .score table { border-collapse: collapse; font-size: 14px; }
-.score th { text-align: left; vertical-align: top; font-weight: normal; color: #555; padding: 2px 14px 2px 0; }
+.score p { margin-top: 0; }
+.score th, .score td { text-align: left; vertical-align: top; padding: 2px 14px 2px 0; }
+.score th { font-weight: normal; color: #555; width: 11em; }
 .party { margin: 6px 0 6px 1.5em; font-size: 14px; }
 .small { font-size: 12px; color: #666; margin-top: 28px; }
 @media print { body { background: #fff; padding: 0; } .letter { box-shadow: none; padding: 0; max-width: none; } }
@@ -612,7 +614,9 @@ def render_pdf(record: dict, config: NoticeConfig, *, issued: date | None = None
     pdf.cell(width, 8, fix(lender.name), **nl)
     pdf.set_font(family, "", 9.5)
     pdf.set_text_color(80)
-    pdf.multi_cell(width, 4.4, fix("  ·  ".join(_party_lines(lender))), align="L", **nl)
+    reach = [f"Phone: {lender.phone}"] + ([lender.website] if lender.website else [])
+    for line in ("  ·  ".join(lender.address), "  ·  ".join(reach)):
+        pdf.multi_cell(width, 4.4, fix(line), align="L", **nl)
     pdf.set_text_color(26)
     pdf.ln(2)
     pdf.set_draw_color(31, 58, 95)
