@@ -235,9 +235,9 @@ def letter(record: dict, config: NoticeConfig, issued: date | None = None) -> Le
             "an adverse-action notice is only for declined applications."
         )
     if outcome != "decline":
+        what = "no recorded outcome" if outcome is None else f"the outcome {str(outcome)[:20]!r}"
         raise NoticeRefused(
-            f"Decision {decision_id} has the outcome {str(outcome)[:20]!r}: "
-            "an adverse-action notice is only for declined applications."
+            f"Decision {decision_id} has {what}: an adverse-action notice is only for declined applications."
         )
     raw_reasons = record.get("reasons") or []
     if not isinstance(raw_reasons, list) or not all(isinstance(r, dict) and r.get("text") for r in raw_reasons):

@@ -216,6 +216,23 @@ def test_refused_unless_declined(config, outcome, words):
         assert message.endswith("an adverse-action notice is only for declined applications.")
 
 
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        ({"outcome": None}, "Decision 12 has no recorded outcome"),
+        ({"outcome": "reject"}, "Decision 12 has the outcome 'reject'"),
+        ({"probability": None}, "Decision 12 has no valid probability"),
+        ({"decided_at": "yesterday"}, "Decision 12 has no valid decision time"),
+        ({"reasons": [{"text": ""}]}, "Decision 12 has malformed reasons"),
+        ({"id": "12"}, "The decision has no id"),
+    ],
+)
+def test_malformed_record_is_one_sentence(config, changes, expected):
+    with pytest.raises(notice.NoticeError) as caught:
+        render_pdf(_record(**changes), config)
+    assert str(caught.value).startswith(expected) and str(caught.value).endswith(".")
+
+
 def test_decline_without_reasons_is_refused(config):
     with pytest.raises(NoticeRefused, match="no recorded principal reasons"):
         render_html(_record(reasons=[]), config)
