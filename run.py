@@ -64,15 +64,26 @@ def main() -> int:
     for f in decision.features:
         ts = f.event_timestamp.strftime("%Y-%m-%d") if f.event_timestamp else "-"
         print(f"  {f.view + ':' + f.name:40} {f.value!s:>14}  as of {ts}  [{f.status}]")
-    print(
-        f"\nProbability of default {decision.probability:.3f} (threshold {decision.threshold}), "
-        f"model {decision.model_version}"
-    )
-    print("Top reasons:")
-    for r in decision.reasons:
-        print(f"  {r.feature:24} {r.value!s:>14}  {r.contribution:+.3f}  {r.direction}")
+    print(f"\nModel {decision.model_version}, credit policy {decision.policy_version}")
+    if decision.probability is not None:
+        lo, hi = decision.band
+        print(
+            f"Probability of default {decision.probability:.3f} (cut-off {decision.cutoff:.3f}, "
+            f"refer band {lo:.3f}-{hi:.3f})"
+        )
+    for why in decision.refer_reasons:
+        print(f"Referred: {why}")
+    if decision.reasons:
+        print("Principal reasons:")
+        for r in decision.reasons:
+            as_of = f" (as of {r.as_of})" if r.as_of else ""
+            print(f"  {r.text}: {r.value}{as_of}  [{r.contribution:+.3f}]")
     print()
-    print("loan approved!" if decision.approved else "loan rejected!")
+    print(
+        {"approve": "loan approved!", "decline": "loan rejected!", "refer": "loan referred to an underwriter"}[
+            decision.outcome
+        ]
+    )
     return 0
 
 

@@ -39,14 +39,13 @@ from api.schemas import (
     FieldErrorsOut,
     HealthOut,
     RecordedDecisionOut,
-    ReferOut,
 )
 from model.inference import (
     ApplicationError,
     Decision,
     DecisionService,
-    MissingFeatures,
     ModelUnavailable,
+    PolicyUnavailable,
     StoreUnavailable,
 )
 from runtime import decisions, health, tokens
@@ -55,7 +54,6 @@ from runtime.settings import Settings
 log = logging.getLogger("loan_desk.api")
 DRAIN_LIMIT = 1024 * 1024  # an oversized body is read (and dropped) up to this, so the 413 reaches the client
 _ID = re.compile(r"[0-9]{1,18}")
-VIEW_NAMES = {"credit_history": "a credit file", "zipcode_features": "zipcode statistics"}
 
 
 class ApiError(Exception):
@@ -108,11 +106,14 @@ def decision_body(decision_id: int, client: tokens.Client, d: Decision) -> dict:
             "id": decision_id,
             "client": client.name,
             "applicant": mask(d.application.dob_ssn),
-            "outcome": d.decision,
+            "outcome": d.outcome,
             "probability": d.probability,
-            "threshold": d.threshold,
+            "cutoff": d.cutoff,
+            "band": list(d.band) if d.band else None,
             "model_version": d.model_version,
-            "reasons": [asdict(r) for r in d.reasons],
+            "policy_version": d.policy_version,
+            "reasons": [r.as_dict() for r in d.reasons],
+            "refer_reasons": d.refer_reasons,
             "features": _features(asdict(f) for f in d.features),
             "warnings": d.warnings,
             "latency_ms": d.latency_ms,
@@ -130,10 +131,16 @@ def recorded_body(row: dict) -> dict:
             "decided_by": row["username"],
             "applicant": applicant,
             "inputs": inputs,
-            "outcome": row["decision"],
+            "channel": row["channel"],
+            "outcome": row["outcome"],
+            "status": row["status"],
+            "review": row.get("review"),
             "probability": row["probability"],
-            "threshold": row["threshold"],
+            "cutoff": row["threshold"],
             "model_version": row["model_version"],
+            "policy_version": row["policy_version"],
+            "reasons": row["reasons"],
+            "refer_reasons": row["refer_reasons"],
             "features": _features(row["features"]),
             "latency_ms": row["latency_ms"],
         }
@@ -253,7 +260,6 @@ def create_app(settings: Settings | None = None, service: DecisionService | None
         summary="Decide an application",
         responses={
             **ERRORS,
-            409: {"model": ReferOut, "description": "No online features for this application: refer it"},
             422: {"model": FieldErrorsOut, "description": "Invalid application, with a message per field"},
         },
         openapi_extra={
@@ -281,21 +287,14 @@ def create_app(settings: Settings | None = None, service: DecisionService | None
         except ApplicationError as err:
             msgs = validation.field_messages(err.errors)
             raise ApiError(422, validation.invalid_sentence(msgs), fields=msgs) from None
-        except MissingFeatures as err:
-            missing = " and ".join(VIEW_NAMES.get(m, m) for m in err.missing)
-            raise ApiError(
-                409,
-                f"The online store has no {missing} for this application, so Loan Desk does not decide it: "
-                "refer it to manual underwriting.",
-                refer="manual_underwriting",
-                missing=err.missing,
-            ) from None
-        except (StoreUnavailable, ModelUnavailable) as err:
+        except (StoreUnavailable, ModelUnavailable, PolicyUnavailable) as err:
             raise ApiError(503, f"No decision can be made now: {err}.", headers={"Retry-After": "5"}) from None
         except Exception as exc:
             raise _unavailable(exc, "No decision can be made now") from None
         try:
-            decision_id = decisions.record_decision(settings, client.username, decision)
+            decision_id = decisions.record_decision(
+                settings, client.username, decision, channel="api", client=client.name
+            )
         except Exception as exc:
             raise _unavailable(exc, "The decision could not be recorded, so it is not valid") from None
         return decision_body(decision_id, client, decision)

@@ -55,10 +55,12 @@ class ApplicationIn(BaseModel):
 
 
 class ReasonOut(BaseModel):
-    feature: str
-    value: float | int | str | None = Field(description="The value this applicant has")
-    contribution: float = Field(description="Log-odds of default this feature adds (XGBoost's own contributions)")
-    direction: Literal["raises risk", "lowers risk"]
+    code: str = Field(description="Reason code in the catalogue (model/reasons.py)")
+    text: str = Field(description="The principal reason in plain language")
+    feature: str = Field(description="The input that drives this reason")
+    value: str = Field(description="The applicant's value, formatted")
+    contribution: float = Field(description="Log-odds of default it adds against the training average (XGBoost's own)")
+    as_of: str | None = Field(description="Date of the credit file the value comes from; null for application fields")
 
 
 class FeatureOut(BaseModel):
@@ -66,19 +68,32 @@ class FeatureOut(BaseModel):
     view: Literal["credit_history", "zipcode_features"]
     value: float | int | str | None
     as_of: str | None = Field(description="Event time of the online row the value comes from (ISO 8601)")
-    status: Literal["ok", "missing"]
+    status: Literal["ok", "missing", "stale"]
+
+
+class ChallengerOut(BaseModel):
+    model_version: str
+    probability: float | None = None
+    outcome: Literal["approve", "refer", "decline"] | None = None
+    error: str | None = None
+
+
+Outcome = Literal["approve", "refer", "decline"]
 
 
 class DecisionOut(BaseModel):
     id: int = Field(description="The decision's id in the decision trail: GET /v1/decisions/{id}")
     client: str = Field(description="The client system whose token made the request")
     applicant: str = Field(description="The applicant id, masked (only the SSN's last two digits)")
-    outcome: Literal["approve", "reject"]
-    probability: float = Field(description="The model's probability of default")
-    threshold: float = Field(description="Probabilities at or above it are rejected")
-    model_version: str
-    reasons: list[ReasonOut] = Field(description="The features that moved this decision most, largest first")
-    features: list[FeatureOut] = Field(description="The online features used, with their as-of times")
+    outcome: Outcome = Field(description="refer: an underwriter decides (refer_reasons say why)")
+    probability: float | None = Field(description="The model's probability of default (null: referred for data)")
+    cutoff: float | None = Field(description="The credit policy's cut-off for this model")
+    band: list[float] | None = Field(description="The refer band [low, high): below it approve, at or above decline")
+    model_version: str | None
+    policy_version: str = Field(description="Credit policy version @ the first 8 hex digits of its file's sha256")
+    reasons: list[ReasonOut] = Field(description="Principal reasons (decline and refer): at most four, largest first")
+    refer_reasons: list[str] = Field(description="Why the application goes to an underwriter")
+    features: list[FeatureOut] = Field(description="The online features read, with their as-of times")
     warnings: list[str]
     latency_ms: float = Field(description="Time the decision took inside the service")
 
@@ -87,12 +102,18 @@ class RecordedDecisionOut(BaseModel):
     id: int
     decided_at: str
     decided_by: str = Field(description="`api:<client>` for the API, the user name for the app")
+    channel: Literal["app", "api", "cli", "batch"]
     applicant: str = Field(description="The applicant id, masked")
     inputs: dict = Field(description="The application as decided, without the applicant id")
-    outcome: Literal["approve", "reject"]
-    probability: float
-    threshold: float
-    model_version: str
+    outcome: Outcome
+    status: Literal["final", "pending"] = Field(description="pending: a referral waiting for an underwriter")
+    review: dict | None = Field(description="The underwriter's verdict on a referral")
+    probability: float | None
+    cutoff: float | None
+    model_version: str | None
+    policy_version: str | None
+    reasons: list[ReasonOut]
+    refer_reasons: list[str]
     features: list[FeatureOut]
     latency_ms: float | None
 
@@ -103,16 +124,3 @@ class ErrorOut(BaseModel):
 
 class FieldErrorsOut(ErrorOut):
     fields: dict[str, str] = Field(default_factory=dict, description="A message per invalid field")
-
-
-class ReferOut(ErrorOut):
-    refer: Literal["manual_underwriting"]
-    missing: list[str] = Field(description="The feature views with no row for this application")
-
-
-class HealthOut(BaseModel):
-    status: Literal["ok", "unavailable"]
-    postgres: str
-    valkey: str
-    model: str
-    error: str | None = None

@@ -33,6 +33,7 @@ from runtime.settings import model_dir
 
 BUNDLES = "bundles"
 POINTER = "current"
+CHALLENGER = "challenger"
 MODEL_FILE = "model.json"
 META_FILE = "metadata.json"
 _VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
@@ -64,6 +65,7 @@ class Bundle:
     threshold: float
     booster: object  # xgboost.Booster
     metadata: dict
+    columns: object = None  # numpy positions of the booster's inputs in model.features.FEATURES
 
 
 @dataclass(frozen=True)
@@ -110,19 +112,33 @@ def _write_file(path: Path, data: bytes) -> None:
         os.fsync(f.fileno())
 
 
-def use(version: str, root: Path | str | None = None) -> None:
-    """Point ``current`` at an existing bundle, atomically.  Does not load the booster: check it
-    with ``load_bundle`` first where that matters (``loan-desk models use`` does)."""
+def use(version: str, root: Path | str | None = None, pointer: str = POINTER) -> None:
+    """Point ``current`` (or ``pointer``) at an existing bundle, atomically.  Does not load the
+    booster: check it with ``load_bundle`` first where that matters (``loan-desk models use`` does)."""
     root = root_dir(root)
     if not _VERSION.fullmatch(version or "") or not (bundle_path(version, root) / META_FILE).is_file():
         raise UnknownVersion(version or "", root)
-    tmp = root / f".{POINTER}.{uuid.uuid4().hex}.tmp"
+    tmp = root / f".{pointer}.{uuid.uuid4().hex}.tmp"
     try:
         _write_file(tmp, (version + "\n").encode())
-        os.replace(tmp, root / POINTER)
+        os.replace(tmp, root / pointer)
     finally:
         tmp.unlink(missing_ok=True)
     fsync_dir(root)
+
+
+def challenger_version(root: Path | str | None = None) -> str | None:
+    """The version the ``challenger`` pointer names (scored in the shadow of each decision), or None."""
+    return read_pointer(str(root_dir(root) / CHALLENGER))
+
+
+def set_challenger(version: str | None, root: Path | str | None = None) -> None:
+    """Make ``version`` the challenger, or retire the challenger (None)."""
+    if version is None:
+        (root_dir(root) / CHALLENGER).unlink(missing_ok=True)
+        fsync_dir(root_dir(root))
+    else:
+        use(version, root, CHALLENGER)
 
 
 # --- writing ----------------------------------------------------------------------------------------
@@ -270,14 +286,27 @@ def load_bundle(version: str, root: Path | str | None = None) -> Bundle:
             + (f" ({_diff(names, features)})" if names else " without names")
             + f" but its metadata lists {len(features)}",
         )
-    if features != list(FEATURES):
-        raise BundleError(version, f"it was trained on other features than this Loan Desk builds ({_diff(features)})")
+    unknown = [f for f in features if f not in FEATURES]
+    if unknown or len(set(features)) != len(features):
+        raise BundleError(
+            version,
+            "it was trained on columns this Loan Desk does not build: " + ", ".join(unknown[:5] or ["duplicates"]),
+        )
     booster.set_param({"nthread": 1})
     try:
         booster.inplace_predict(np.zeros((1, len(features)), dtype=np.float32))
     except (xgb.core.XGBoostError, ValueError) as exc:
         raise BundleError(version, f"its booster cannot predict ({str(exc)[:200]})") from None
-    return Bundle(version=version, path=path, threshold=float(threshold), booster=booster, metadata=meta)
+    from model.features import columns
+
+    return Bundle(
+        version=version,
+        path=path,
+        threshold=float(threshold),
+        booster=booster,
+        metadata=meta,
+        columns=columns(features),
+    )
 
 
 def _diff(names: list[str], expected: list[str] | None = None) -> str:
@@ -296,24 +325,30 @@ def _diff(names: list[str], expected: list[str] | None = None) -> str:
 
 # --- checking decisions (tests and benchmarks) ---------------------------------------------------
 def check_decisions(decisions, root: Path | str | None = None) -> list[str]:
-    """Rescore each ``model.inference.Decision`` with the booster of the bundle its
-    ``model_version`` names; returns one line per decision whose threshold, probability or
-    approve/reject does not belong to that bundle (empty: all consistent)."""
+    """Rescore each scored ``model.inference.Decision`` with the booster of the bundle its
+    ``model_version`` names; returns one line per decision whose probability does not belong to
+    that bundle, or whose outcome does not follow from it and the decision's cut-off and band
+    (empty: all consistent)."""
     from model import features as F
 
     cache: dict[str, Bundle] = {}
     problems = []
     for i, d in enumerate(decisions):
+        if d.probability is None:
+            continue
         if d.model_version not in cache:
             cache[d.model_version] = load_bundle(d.model_version, root)
         b = cache[d.model_version]
         credit = {f.name: f.value for f in d.features if f.view == "credit_history"}
         zipcode = {f.name: f.value for f in d.features if f.view == "zipcode_features"}
-        p = float(b.booster.inplace_predict(F.row_vector(d.application.as_dict(), credit, zipcode))[0])
-        expected = "reject" if p >= b.threshold else "approve"
-        if d.threshold != b.threshold or d.probability != p or d.decision != expected:
+        x = F.row_vector(d.application.as_dict(), credit, zipcode)[:, b.columns]
+        p = float(b.booster.inplace_predict(x)[0])
+        lo, hi = d.band
+        band_outcome = "decline" if p >= hi else ("refer" if p >= lo else "approve")
+        fits = d.outcome == band_outcome or (band_outcome == "approve" and d.outcome == "refer")
+        if d.probability != p or not fits:
             problems.append(
-                f"decision {i}: version {d.model_version} threshold {d.threshold} probability {d.probability:.6f} "
-                f"{d.decision}; that bundle gives threshold {b.threshold} probability {p:.6f} {expected}"
+                f"decision {i}: version {d.model_version} probability {d.probability:.6f} {d.outcome}; "
+                f"that bundle gives probability {p:.6f} ({band_outcome} in the band {lo:.4f}–{hi:.4f})"
             )
     return problems

@@ -28,9 +28,47 @@ APPLICATION_FIELDS = (
 )
 DERIVED = ("loan_pct_income", "total_debt_due", "avg_wage_zip")
 
-# Column order of the model's input.
+# Every column Loan Desk builds for an application (the decision record keeps them all).
 FEATURES = (*APPLICATION_FIELDS, *DERIVED, *CREDIT_FEATURES, *ZIPCODE_FEATURES)
 INDEX = {name: i for i, name in enumerate(FEATURES)}
+
+# The input policy (README "Input policy"): the model does not score age (Regulation B
+# 1002.6(b)(2): an applicant aged 62 or older must not get a negative value for age) nor the
+# zipcode's area statistics (a neighbourhood, not the applicant: a redlining proxy). Both are
+# still read and recorded, for exploration and fair-lending monitoring.
+EXCLUDED_BY_POLICY = ("person_age", "avg_wage_zip", *ZIPCODE_FEATURES)
+MODEL_FEATURES = tuple(f for f in FEATURES if f not in EXCLUDED_BY_POLICY)
+
+# Direction of risk for every directional input: +1 risk rises with the value, -1 it falls.
+# XGBoost enforces them (monotone_constraints); tests sweep each one through decide().
+MONOTONE = {
+    "person_income": -1,
+    "person_emp_length": -1,
+    "loan_amnt": +1,
+    "loan_int_rate": +1,
+    "loan_pct_income": +1,
+    "total_debt_due": +1,
+    "credit_card_due": +1,
+    "mortgage_due": +1,
+    "student_loan_due": +1,
+    "vehicle_loan_due": +1,
+    "hard_pulls": +1,
+    "missed_payments_2y": +1,
+    "missed_payments_1y": +1,
+    "missed_payments_6m": +1,
+    "bankruptcies": +1,
+}
+
+
+def monotone_constraints(features) -> str:
+    """XGBoost's constraint string for a feature list, e.g. ``(0,-1,1,...)``."""
+    return "(" + ",".join(str(MONOTONE.get(f, 0)) for f in features) + ")"
+
+
+def columns(features) -> np.ndarray:
+    """Positions of ``features`` in the full FEATURES row."""
+    return np.array([INDEX[f] for f in features], dtype=np.intp)
+
 
 FEATURE_SERVICE = "credit_model_v1"
 ONLINE_REFS = tuple(
@@ -86,3 +124,20 @@ def frame_matrix(df) -> np.ndarray:
     returns = df["tax_returns_filed"].astype("float64")
     out[:, INDEX["avg_wage_zip"]] = (df["total_wages"].astype("float64") / returns.where(returns > 0)).to_numpy()
     return out
+
+
+def synthesized_credit(dataset: dict | None) -> bool:
+    """True when the loaded data's credit history was synthesized (the tutorial import without
+    a credit_history.parquet): such columns carry no signal and stay out of the model."""
+    if not dataset or dataset.get("source") != "tutorial":
+        return False
+    return any("synthesized" in str(n) for n in dataset.get("notes", []))
+
+
+def model_features(dataset: dict | None = None, with_age_and_area: bool = False) -> tuple[str, ...]:
+    """The columns a model is trained on: MODEL_FEATURES (or every column, for the model card's
+    comparison), less the credit columns when the data synthesized them."""
+    chosen = FEATURES if with_age_and_area else MODEL_FEATURES
+    if synthesized_credit(dataset):
+        chosen = tuple(f for f in chosen if f not in (*CREDIT_FEATURES, "total_debt_due"))
+    return chosen

@@ -5,24 +5,27 @@
 
 ``decide`` validates the application, reads both entities' online features through Feast's
 Redis online store (one pipelined round trip, decoded by Feast's own code), builds the
-model's numpy row, predicts, and explains the result with XGBoost's own per-feature
-contributions.  It is thread-safe.
+model's numpy row, predicts, applies the credit policy (model/policy.py: approve, refer or
+decline) and gives the principal reasons (model/reasons.py) from XGBoost's own per-feature
+contributions.  When a challenger model is set, it scores the same row in the shadow (recorded,
+never the decision).  It is thread-safe.
 
-Policy for missing online features: an applicant without a credit file, or a zipcode
-without statistics, is refused with ``MissingFeatures`` — Loan Desk never decides on a
-silent NaN; such an application goes to manual underwriting.  A view's row older than the
-view's TTL counts as no row, exactly as in the point-in-time join that built the training
-set (which leaves such a row out), and the message says so with the row's as-of date.
+Missing or stale data is a *refer*, with the reason: an applicant without a credit file (when
+the model scores the credit file) goes to an underwriter, never decided on a silent NaN.  A
+view's row older than the view's TTL counts as no row, exactly as in the point-in-time join that
+built the training set, and the reason says so with the row's as-of date.  Data reloaded after
+the online store was filled or the model trained is a refer too, naming the step to run.
 
 The model comes from the current bundle (model/bundles.py): the service holds one loaded
-bundle — booster, threshold and version together — and reads the tiny ``current`` pointer on
+bundle — booster, metadata and version together — and reads the tiny ``current`` pointer on
 every decision; when it names another bundle, that one is loaded and checked, then swapped in
 as a whole.  A bundle that fails the checks is refused (``BundleInvalid``, logged once) and the
-last good bundle keeps deciding, with a warning on each decision.
+last good bundle keeps deciding, with a warning on each decision.  The credit policy file is
+watched the same way (one ``stat`` per decision).
 
 Errors are typed: ``ApplicationError`` (bad input, with a message per field),
-``MissingFeatures``, ``StoreUnavailable`` (Valkey unreachable or timing out) and
-``ModelUnavailable`` (no usable model; ``BundleInvalid`` when the current bundle is refused).
+``StoreUnavailable`` (Valkey unreachable or timing out), ``ModelUnavailable`` (no usable model;
+``BundleInvalid`` when the current bundle is refused) and ``PolicyUnavailable``.
 """
 
 from __future__ import annotations
@@ -44,6 +47,8 @@ from feast_ext.online_reader import OnlineReader
 from model import bundles
 from model import features as F
 from model.bundles import Bundle, BundleError
+from model.policy import Policy, PolicyError, PolicySource
+from model.reasons import PrincipalReason, principal_reasons
 from runtime.schema import LIMITS
 
 log = logging.getLogger(__name__)
@@ -61,8 +66,6 @@ LABELS = {
     "loan_amnt": "Loan amount",
     "loan_int_rate": "Interest rate",
 }
-TOP_REASONS = 5
-_FEATURE_NAMES = list(F.FEATURES)
 
 
 class DecisionError(RuntimeError):
@@ -105,6 +108,10 @@ class DataReloaded(MissingFeatures):
 
 class StoreUnavailable(DecisionError):
     pass
+
+
+class PolicyUnavailable(DecisionError):
+    """No credit policy could be read (a refused change keeps the last good one instead)."""
 
 
 class ModelUnavailable(DecisionError):
@@ -211,9 +218,9 @@ def _dob_ssn(raw: Mapping, errors: dict) -> str | None:
         return key
     dob, ssn = raw.get("date_of_birth"), raw.get("ssn_last4")
     if dob in (None, ""):
-        errors["date_of_birth"] = "is required (or give dob_ssn)"
+        errors["date_of_birth"] = "is required"
     if ssn in (None, ""):
-        errors["ssn_last4"] = "is required (or give dob_ssn)"
+        errors["ssn_last4"] = "is required"
     if dob in (None, "") or ssn in (None, ""):
         return None
     if isinstance(dob, datetime):
@@ -258,21 +265,36 @@ def parse_application(raw: Mapping | Application) -> Application:
             errors["zipcode"] = f"must be a US zipcode of up to five digits, got {echo(zipcode)}"
         else:
             zip_ok = int(text)
-    age = _number(raw, "person_age", errors, integer=True)
+    real_age = age_on(datetime.strptime(key[:8], "%Y%m%d").date()) if key else None
+    given_age = raw.get("person_age")
+    if given_age is None or (isinstance(given_age, str) and not given_age.strip()):
+        # Age is derived from the date of birth (the model does not score it; the record keeps it).
+        age = real_age
+        if age is not None and not LIMITS["person_age"][0] <= age <= LIMITS["person_age"][1]:
+            lo, hi = LIMITS["person_age"]
+            errors["date_of_birth" if "date_of_birth" in raw else "dob_ssn"] = (
+                f"gives an age of {age}; applicants must be {lo} to {hi}"
+            )
+            age = None
+    else:
+        age = _number(raw, "person_age", errors, integer=True)
     income = _number(raw, "person_income", errors)
     emp = _number(raw, "person_emp_length", errors)
     amount = _number(raw, "loan_amnt", errors)
     rate = _number(raw, "loan_int_rate", errors)
     own = str(raw.get("person_home_ownership") or "").strip().upper()
-    if own not in F.OWNERSHIP_CODE:
-        errors["person_home_ownership"] = f"must be one of {', '.join(F.HOME_OWNERSHIP)}"
+    if not own:
+        errors["person_home_ownership"] = "is required"
+    elif own not in F.OWNERSHIP_CODE:
+        errors["person_home_ownership"] = f"must be one of {', '.join(F.HOME_OWNERSHIP)}, got {echo(own)}"
     intent = str(raw.get("loan_intent") or "").strip().upper()
-    if intent not in F.INTENT_CODE:
-        errors["loan_intent"] = f"must be one of {', '.join(F.LOAN_INTENTS)}"
+    if not intent:
+        errors["loan_intent"] = "is required"
+    elif intent not in F.INTENT_CODE:
+        errors["loan_intent"] = f"must be one of {', '.join(F.LOAN_INTENTS)}, got {echo(intent)}"
     if age is not None and emp is not None and emp > max(age - 14, 0):
         errors["person_emp_length"] = f"{emp:g} years of employment is not possible at age {age}"
-    if key and age is not None and "dob_ssn" not in errors:
-        real_age = age_on(datetime.strptime(key[:8], "%Y%m%d").date())
+    if real_age is not None and age is not None:
         if abs(real_age - age) > 1:
             errors["person_age"] = f"does not match the date of birth ({real_age} years old today)"
     if errors:
@@ -287,34 +309,39 @@ class FeatureValue:
     view: str
     value: object
     event_timestamp: datetime | None
-    status: str  # ok | missing (a value the row lacks)
-
-
-@dataclass
-class Reason:
-    feature: str
-    value: object
-    contribution: float  # log-odds of default this feature adds
-    direction: str  # "raises risk" | "lowers risk"
+    status: str  # ok | missing (a value the row lacks) | stale (older than the view's TTL: not used)
 
 
 @dataclass
 class Decision:
+    """One credit decision.  ``outcome`` is approve, refer or decline; a referral for missing or
+    stale data has no probability.  ``reasons`` are the principal reasons (decline and refer:
+    at most four, only factors that raised risk); ``refer_reasons`` say why it goes to a person;
+    ``challenger`` is the shadow score of the challenger model (recorded, never the decision)."""
+
     application: Application
-    probability: float
-    decision: str  # approve | reject
-    threshold: float
-    reasons: list[Reason]
+    outcome: str
+    probability: float | None
+    cutoff: float | None
+    band: tuple[float, float] | None
+    reasons: list[PrincipalReason]
+    refer_reasons: list[str]
     contributions: dict[str, float]
-    base_value: float
+    base_value: float | None
     features: list[FeatureValue]
-    model_version: str
+    model_version: str | None
+    policy_version: str
+    challenger: dict | None = None
     latency_ms: float = 0.0
     warnings: list[str] = field(default_factory=list)
 
     @property
     def approved(self) -> bool:
-        return self.decision == "approve"
+        return self.outcome == "approve"
+
+    @property
+    def threshold(self) -> float | None:
+        return self.cutoff
 
     def to_dict(self) -> dict:
         out = asdict(self)
@@ -329,7 +356,7 @@ class DecisionService:
     _shared: DecisionService | None = None
     _shared_lock = threading.Lock()
 
-    def __init__(self, store=None, model_dir: Path | str | None = None, settings=None):
+    def __init__(self, store=None, model_dir: Path | str | None = None, settings=None, policy_file=None):
         from runtime.settings import model_dir as default_model_dir
 
         self._store = store
@@ -342,6 +369,9 @@ class DecisionService:
         self._refused: BundleInvalid | None = None  # what the pointer names now, if it was refused
         self._reader = None
         self._data_state = None  # (checked at, runtime.dataset.DataState | None)
+        self._policy_source = PolicySource(policy_file)
+        self._challenger_pointer = str(self._model_dir / bundles.CHALLENGER)
+        self._challengers: dict[str, Bundle | None] = {}
 
     DATA_STATE_TTL_S = 5.0
 
@@ -456,15 +486,49 @@ class DecisionService:
         """Pay the one-time costs before the first application: load the model, open the online
         store's connection (one read of a key that does not exist) and run XGBoost's
         prediction and contribution passes once on a zero row."""
-        booster, _ = self.model()
+        b = self.bundle()
+        self.policy().cutoff(b.metadata)
         self.reader().read("00000000_0000", 0)
-        x = np.zeros((1, len(F.FEATURES)), dtype=np.float32)
-        booster.inplace_predict(x)
-        booster.predict(xgb.DMatrix(x, feature_names=_FEATURE_NAMES, nthread=1), pred_contribs=True)
+        x = np.zeros((1, len(b.columns)), dtype=np.float32)
+        b.booster.inplace_predict(x)
+        b.booster.predict(xgb.DMatrix(x, feature_names=b.metadata["features"], nthread=1), pred_contribs=True)
+        if (cb := self.challenger()) is not None:
+            cb.booster.inplace_predict(np.zeros((1, len(cb.columns)), dtype=np.float32))
+
+    # -- policy and challenger ----------------------------------------------------------------
+    def policy(self) -> Policy:
+        """The credit policy in force (re-read when its file changes; a bad file is refused and the
+        last good policy keeps deciding)."""
+        try:
+            return self._policy_source.get()
+        except PolicyError as exc:
+            raise PolicyUnavailable(f"no usable credit policy: {exc}") from None
+
+    @property
+    def policy_problem(self) -> PolicyError | None:
+        return self._policy_source.problem
+
+    def challenger(self) -> Bundle | None:
+        """The challenger bundle (scored in the shadow), or None; a challenger that cannot be
+        loaded is skipped (logged once), never in the way of a decision."""
+        version = bundles.read_pointer(self._challenger_pointer)
+        if version is None:
+            return None
+        got = self._challengers.get(version)
+        if got is None and version not in self._challengers:
+            try:
+                got = bundles.load_bundle(version, self._model_dir)
+            except BundleError as exc:
+                log.warning("challenger %s not scored: %s", version, exc)
+                got = None
+            self._challengers = {version: got}
+        return got
 
     # -- deciding ---------------------------------------------------------------------------
-    def _usable(self, app: Application, credit, zipcode):
-        """Drop rows older than their view's TTL, as the point-in-time join does; refuse without both rows."""
+    def _usable(self, app: Application, credit, zipcode, needed: set[str]):
+        """Rows older than their view's TTL count as missing, as in the point-in-time join.
+        Returns (credit, zipcode, stale views, why to refer): a view the model needs and lacks
+        sends the application to a person; one it does not score only gets a warning."""
         now = datetime.now(UTC)
         ttl = self.reader().ttl
         stale: dict[str, datetime] = {}
@@ -473,30 +537,26 @@ class DecisionService:
             if row is not None and row[1] is not None and now - row[1] > ttl[view]:
                 stale[view] = row[1]
                 rows[view] = None
-        missing = [view for view, row in rows.items() if row is None]
-        if not missing:
-            return rows["credit_history"], rows["zipcode_features"]
-        parts = []
+        why, notes = [], []
         if "credit_history" in stale:
-            parts.append(
-                f"this applicant's credit file is as of {stale['credit_history']:%Y-%m-%d}, older than the "
+            msg = (
+                f"The applicant's credit file is as of {stale['credit_history']:%Y-%m-%d}, older than the "
                 f"{_days(ttl['credit_history'])} TTL of the credit history, so it counts as missing (as in training)"
             )
-        elif "credit_history" in missing:
-            parts.append("this applicant has no credit file in the online store")
+            (why if "credit_history" in needed else notes).append(msg)
+        elif rows["credit_history"] is None:
+            msg = "The applicant has no credit file in the online store"
+            (why if "credit_history" in needed else notes).append(msg)
         if "zipcode_features" in stale:
-            parts.append(
-                f"the statistics of zipcode {app.zipcode:05d} are as of {stale['zipcode_features']:%Y-%m-%d}, older "
-                f"than the {_days(ttl['zipcode_features'])} TTL of the zipcode features, so they count as missing"
+            msg = (
+                f"The statistics of zipcode {app.zipcode:05d} are as of {stale['zipcode_features']:%Y-%m-%d}, older "
+                f"than the {_days(ttl['zipcode_features'])} TTL of the zipcode features"
             )
-        elif "zipcode_features" in missing:
-            parts.append(f"zipcode {app.zipcode:05d} has no statistics in the online store")
-        raise MissingFeatures(
-            missing,
-            "; ".join(parts) + ". Loan Desk does not decide without them: refer the application to manual "
-            "underwriting (or materialize, if newer data was loaded).",
-            stale,
-        )
+            (why if "zipcode_features" in needed else notes).append(msg)
+        elif rows["zipcode_features"] is None:
+            msg = f"Zipcode {app.zipcode:05d} has no statistics in the online store"
+            (why if "zipcode_features" in needed else notes).append(msg)
+        return rows["credit_history"], rows["zipcode_features"], stale, why, notes
 
     def data_state(self):
         """What is loaded, and when the online store was last filled (runtime.dataset.DataState),
@@ -524,50 +584,107 @@ class DecisionService:
         return state.what_to_run((model or self.bundle()).metadata)
 
     def decide(self, raw: Mapping | Application) -> Decision:
+        """Validate, read the online features, score, apply the credit policy, explain.
+        Bad input raises ApplicationError; missing or stale data, or data reloaded since the
+        model or the online store, is a *refer* with the reason (not an exception)."""
         t0 = time.perf_counter()
         app = parse_application(raw)
-        model = self.bundle()  # booster, threshold and version of one bundle, for this whole decision
+        policy = self.policy()
+        model = self.bundle()  # booster, metadata and version of one bundle, for this whole decision
+        warnings = [str(w) for w in (self._refused, self._policy_source.problem) if w is not None]
+        needed = {v for v, names in _VIEW_FEATURES.items() if any(f in model.metadata["features"] for f in names)}
         if steps := self.outdated_by_reload(model):
-            raise DataReloaded(self.data_state(), steps)
-        booster = model.booster
-        credit, zipcode = self._usable(app, *self.reader().read(app.dob_ssn, app.zipcode))
-        c_vals, c_ts = credit
-        z_vals, z_ts = zipcode
+            reloaded = DataReloaded(self.data_state(), steps)
+            return self._referred(app, [], model, policy, [str(reloaded)], warnings, t0)
+        read = self.reader().read(app.dob_ssn, app.zipcode)
+        credit, zipcode, stale, why, notes = self._usable(app, *read, needed)
+        feats = _feature_values(*read, stale)
+        if why:
+            return self._referred(app, feats, model, policy, why, warnings + notes, t0)
+        c_vals, c_ts = credit or ({}, None)
+        z_vals = zipcode[0] if zipcode else {}
         x = F.row_vector(app.as_dict(), c_vals, z_vals)
-        probability = float(booster.inplace_predict(x)[0])
+        xm = x[:, model.columns]
+        probability = float(model.booster.inplace_predict(xm)[0])
         # nthread=1: building a one-row DMatrix with the OpenMP pool costs up to ~9 ms at p99 on a busy machine.
-        contribs = booster.predict(xgb.DMatrix(x, feature_names=_FEATURE_NAMES, nthread=1), pred_contribs=True)[0]
-
-        feats = []
-        for view, values, ts, names in (
-            ("credit_history", c_vals, c_ts, F.CREDIT_FEATURES),
-            ("zipcode_features", z_vals, z_ts, (*F.ZIPCODE_TEXT, *F.ZIPCODE_FEATURES)),
-        ):
-            for n in names:
-                v = values.get(n)
-                feats.append(FeatureValue(n, view, v, ts, "missing" if v is None else "ok"))
-        contributions = {name: float(contribs[i]) for i, name in enumerate(F.FEATURES)}
-        shown = {**app.as_dict(), **c_vals, **z_vals}
-        shown["loan_pct_income"] = round(float(x[0, F.INDEX["loan_pct_income"]]), 3)
-        shown["total_debt_due"] = float(x[0, F.INDEX["total_debt_due"]])
-        shown["avg_wage_zip"] = round(float(x[0, F.INDEX["avg_wage_zip"]]))
-        top = sorted(contributions.items(), key=lambda kv: abs(kv[1]), reverse=True)[:TOP_REASONS]
-        reasons = [Reason(name, shown.get(name), c, "raises risk" if c > 0 else "lowers risk") for name, c in top]
-        refused = self._refused
-        warnings = [str(refused)] if refused is not None else []
+        names = model.metadata["features"]
+        contribs = model.booster.predict(xgb.DMatrix(xm, feature_names=names, nthread=1), pred_contribs=True)[0]
+        contributions = {name: float(contribs[i]) for i, name in enumerate(names)}
+        values = {**app.as_dict(), **c_vals, **z_vals}
+        for name in F.DERIVED:
+            v = float(x[0, F.INDEX[name]])
+            values[name] = None if v != v else v
+        cutoff = policy.cutoff(model.metadata)
+        outcome, refer_why = policy.classify(probability, cutoff, values)
+        reasons = []
+        if outcome != "approve":
+            as_of = dict.fromkeys(F.CREDIT_FEATURES, c_ts) | {"total_debt_due": c_ts}
+            reasons = principal_reasons(contributions, values, as_of)
+        shadow = None
+        cb = self.challenger()
+        if cb is not None and cb.version != model.version:
+            try:
+                p2 = float(cb.booster.inplace_predict(x[:, cb.columns])[0])
+                c2 = policy.cutoff(cb.metadata)
+                shadow = {"model_version": cb.version, "probability": p2, "outcome": policy.classify(p2, c2, values)[0]}
+            except (PolicyError, xgb.core.XGBoostError, ValueError) as exc:
+                shadow = {"model_version": cb.version, "error": str(exc)[:200]}
         return Decision(
             application=app,
+            outcome=outcome,
             probability=probability,
-            decision="reject" if probability >= model.threshold else "approve",
-            threshold=model.threshold,
+            cutoff=cutoff,
+            band=policy.band(cutoff),
             reasons=reasons,
+            refer_reasons=refer_why,
             contributions=contributions,
             base_value=float(contribs[-1]),
             features=feats,
             model_version=model.version,
+            policy_version=policy.label,
+            challenger=shadow,
+            latency_ms=(time.perf_counter() - t0) * 1000,
+            warnings=warnings + notes,
+        )
+
+    def _referred(self, app, feats, model, policy, why, warnings, t0) -> Decision:
+        return Decision(
+            application=app,
+            outcome="refer",
+            probability=None,
+            cutoff=None,
+            band=None,
+            reasons=[],
+            refer_reasons=why,
+            contributions={},
+            base_value=None,
+            features=feats,
+            model_version=model.version,
+            policy_version=policy.label,
             latency_ms=(time.perf_counter() - t0) * 1000,
             warnings=warnings,
         )
+
+
+_VIEW_FEATURES = {
+    "credit_history": (*F.CREDIT_FEATURES, "total_debt_due"),
+    "zipcode_features": (*F.ZIPCODE_FEATURES, "avg_wage_zip"),
+}
+
+
+def _feature_values(credit, zipcode, stale: dict) -> list[FeatureValue]:
+    """Every online feature as read (a stale row's values are kept, marked stale, and not used)."""
+    feats = []
+    for view, row, names in (
+        ("credit_history", credit, F.CREDIT_FEATURES),
+        ("zipcode_features", zipcode, (*F.ZIPCODE_TEXT, *F.ZIPCODE_FEATURES)),
+    ):
+        values, ts = row if row is not None else ({}, None)
+        for n in names:
+            v = values.get(n)
+            status = "stale" if view in stale else ("missing" if v is None else "ok")
+            feats.append(FeatureValue(n, view, v, ts, status))
+    return feats
 
 
 def _days(ttl: timedelta) -> str:

@@ -23,7 +23,8 @@ import psycopg
 import xgboost as xgb
 from sklearn.metrics import accuracy_score, brier_score_loss, roc_auc_score
 
-from model import bundles
+from model import bundles, groups
+from model import features as F
 from model.bundles import current_metadata  # noqa: F401  (callers import it from here too)
 from model.features import FEATURE_SERVICE, FEATURES, frame_matrix
 from runtime.settings import Settings, model_dir
@@ -90,33 +91,80 @@ def calibration_bins(y: np.ndarray, p: np.ndarray, bins: int = 10) -> list[dict]
     return out
 
 
-def youden_threshold(y: np.ndarray, p: np.ndarray) -> float:
-    """Threshold that maximises sensitivity + specificity - 1 on the validation rows."""
-    best, best_t = -1.0, 0.5
-    for t in np.linspace(0.05, 0.95, 181):
-        pred = p >= t
-        tpr = (pred & (y == 1)).sum() / max((y == 1).sum(), 1)
-        tnr = (~pred & (y == 0)).sum() / max((y == 0).sum(), 1)
-        if tpr + tnr - 1 > best:
-            best, best_t = tpr + tnr - 1, float(t)
-    return round(best_t, 3)
-
-
 def _dataset_info(settings: Settings) -> dict:
     with psycopg.connect(**settings.pg_kwargs()) as conn:
         row = conn.execute("SELECT info FROM loan_desk_dataset ORDER BY loaded_at DESC LIMIT 1").fetchone()
     return row[0] if row else {}
 
 
-def train(
-    store, settings: Settings, out_dir: Path | None = None, rounds: int = 600, params: dict | None = None
-) -> dict:
-    """Train, then publish a new bundle in ``out_dir`` (default: the model folder) and make it current.
+def expected_calibration_error(y: np.ndarray, p: np.ndarray, bins: int = 10) -> float:
+    """Σ over ten probability bins of (share of rows) × |mean predicted − observed rate|."""
+    total = sum(b["count"] * abs(b["mean_predicted"] - b["observed_rate"]) for b in calibration_bins(y, p, bins))
+    return float(total) / max(len(y), 1)
 
-    ``params`` override entries of PARAMS.  Returns the metadata, plus ``seconds`` and
-    ``written_to`` (the bundle's folder)."""
+
+def _fit(X, y, features, fit, valid, params, rounds):
+    cols = F.columns(features)
+    dfit = xgb.DMatrix(X[fit][:, cols], label=y[fit], feature_names=list(features))
+    dvalid = xgb.DMatrix(X[valid][:, cols], label=y[valid], feature_names=list(features))
+    booster = xgb.train(
+        {**params, "monotone_constraints": F.monotone_constraints(features)},
+        dfit,
+        num_boost_round=rounds,
+        evals=[(dvalid, "valid")],
+        early_stopping_rounds=40,
+        verbose_eval=False,
+    )
+    return booster[: booster.best_iteration + 1], cols
+
+
+def _holdout(booster, cols, X, y, df, rows, cutoff) -> dict:
+    """AUC, calibration and group approval ratios of one booster on one slice at one cut-off."""
+    p = booster.inplace_predict(X[rows][:, cols])
+    yt = y[rows]
+    approved = p < cutoff
+    ages = df["person_age"].to_numpy()[rows]
+    states = df["state"].fillna("unknown").to_numpy()[rows] if "state" in df else np.array(["unknown"] * len(yt))
+    by_age = groups.age_band_ratios(approved, ages)
+    by_state = groups.approval_ratios(approved, states)
+    return {
+        "auc": float(roc_auc_score(yt, p)) if len(set(yt)) > 1 else None,
+        "calibration_error": expected_calibration_error(yt, p),
+        "approval_rate": float(approved.mean()),
+        "bad_rate_approved": float(yt[approved].mean()) if approved.any() else None,
+        "min_age_band_ratio": groups.min_ratio(by_age),
+        "min_state_ratio": groups.min_ratio(by_state),
+        "by_age_band": by_age,
+        "_p": p,
+    }
+
+
+def train(
+    store,
+    settings: Settings,
+    out_dir: Path | None = None,
+    rounds: int = 600,
+    params: dict | None = None,
+    policy=None,
+    compare_inputs: bool = True,
+) -> dict:
+    """Train a candidate, publish it as a new bundle in ``out_dir`` (default: the model folder),
+    then promote it (make it current) when it is not worse than the champion by the credit
+    policy's promotion margins; otherwise it becomes the challenger (scored in the shadow).
+
+    Protocol, on loans sorted by time: the newest 20% are the test slice; the rest is split into
+    fit (70%), validation (15%: early stopping picks the rounds) and the policy slice (15%: the
+    credit policy picks its cut-off there).  Every reported metric comes from the model fitted on
+    the fit slice only.  The released booster is then refitted on all labelled loans with the
+    rounds chosen on validation.
+
+    ``params`` override entries of PARAMS.  Returns the metadata, plus ``seconds``,
+    ``written_to`` (the bundle's folder) and ``promotion`` (what happened and why)."""
+    from model.policy import load_policy
+
     out_dir = Path(out_dir or model_dir())
     params = {**PARAMS, **(params or {})}
+    policy = policy or load_policy()
     guard = contextlib.nullcontext()
     if settings.offline == "spark":
         from feast_ext import spark
@@ -130,35 +178,52 @@ def train(
     pit_s = time.perf_counter() - t0
     if len(df) < 50:
         raise ValueError(f"only {len(df)} loans in Postgres: load data first (loan-desk load)")
-    _say(f"training set: {len(df):,} loans x {len(FEATURES)} features, point-in-time join {pit_s:.2f} s")
+    dataset = _dataset_info(settings)
+    features = F.model_features(dataset)
+    _say(
+        f"training set: {len(df):,} loans, {len(features)} model inputs of {len(FEATURES)} columns, "
+        f"point-in-time join {pit_s:.2f} s"
+    )
     X = frame_matrix(df)
     y = df["loan_status"].to_numpy().astype(np.int32)
-    n_test = max(1, int(len(df) * TEST_SHARE))
-    n_train = len(df) - n_test
-    n_valid = max(1, int(n_train * 0.15))
-    fit, valid, test = slice(0, n_train - n_valid), slice(n_train - n_valid, n_train), slice(n_train, None)
+    n = len(df)
+    n_test = max(1, int(n * TEST_SHARE))
+    n_rest = n - n_test
+    n_valid = max(1, int(n_rest * 0.15))
+    n_policy = max(1, int(n_rest * 0.15))
+    n_fit = n_rest - n_valid - n_policy
+    fit = slice(0, n_fit)
+    valid = slice(n_fit, n_fit + n_valid)
+    pslice = slice(n_fit + n_valid, n_rest)
+    test = slice(n_rest, None)
 
-    dfit = xgb.DMatrix(X[fit], label=y[fit], feature_names=list(FEATURES))
-    dvalid = xgb.DMatrix(X[valid], label=y[valid], feature_names=list(FEATURES))
-    booster = xgb.train(
-        params,
-        dfit,
-        num_boost_round=rounds,
-        evals=[(dvalid, "valid")],
-        early_stopping_rounds=40,
-        verbose_eval=False,
-    )
-    booster = booster[: booster.best_iteration + 1]
-    threshold = youden_threshold(y[valid], booster.inplace_predict(X[valid]))
-    p_test = booster.inplace_predict(X[test])
+    booster, cols = _fit(X, y, features, fit, valid, params, rounds)
+    best_rounds = int(booster.num_boosted_rounds())
+    p_policy = booster.inplace_predict(X[pslice][:, cols])
+    amount = df["loan_amnt"].to_numpy()
+    rate = df["loan_int_rate"].to_numpy()
+    policy_slice = {
+        "rows": int(len(p_policy)),
+        "p": [round(float(v), 7) for v in p_policy],
+        "y": [int(v) for v in y[pslice]],
+        "amount": [float(v) for v in amount[pslice]],
+        "rate": [float(v) for v in rate[pslice]],
+    }
+    cutoff = policy.cutoff_on({"policy_slice": policy_slice})
+    held = _holdout(booster, cols, X, y, df, test, cutoff)
+    p_test = held.pop("_p")
     y_test = y[test]
-    ts = df["event_timestamp"]
     metrics = {
-        "auc": float(roc_auc_score(y_test, p_test)) if len(set(y_test)) > 1 else None,
-        "accuracy_at_threshold": float(accuracy_score(y_test, p_test >= threshold)),
+        "auc": held["auc"],
+        "accuracy_at_threshold": float(accuracy_score(y_test, p_test >= cutoff)),
         "brier": float(brier_score_loss(y_test, p_test)),
+        "calibration_error": held["calibration_error"],
         "default_rate_test": float(y_test.mean()),
-        "approval_rate_test": float((p_test < threshold).mean()),
+        "approval_rate_test": held["approval_rate"],
+        "bad_rate_approved_test": held["bad_rate_approved"],
+        "min_age_band_ratio": held["min_age_band_ratio"],
+        "min_state_ratio": held["min_state_ratio"],
+        "by_age_band": held["by_age_band"],
         "calibration": calibration_bins(y_test, p_test),
     }
     truth = df["true_default_prob"].to_numpy()[test]
@@ -166,40 +231,145 @@ def train(
         metrics["bayes_auc"] = float(roc_auc_score(y_test, truth))
     missing_credit = float(df["credit_card_due"].isna().mean())
 
-    raw = booster.save_raw("json")
+    input_policy = {"default": {k: held[k] for k in ("auc", "approval_rate", "min_age_band_ratio", "min_state_ratio")}}
+    input_policy["default"]["features"] = len(features)
+    if compare_inputs:
+        wide = F.model_features(dataset, with_age_and_area=True)
+        b2, c2 = _fit(X, y, wide, fit, valid, params, rounds)
+        p2 = b2.inplace_predict(X[pslice][:, c2])
+        cut2 = policy.cutoff_on({"policy_slice": {**policy_slice, "p": [float(v) for v in p2]}})
+        h2 = _holdout(b2, c2, X, y, df, test, cut2)
+        input_policy["with_age_and_area"] = {
+            **{k: h2[k] for k in ("auc", "approval_rate", "min_age_band_ratio", "min_state_ratio")},
+            "features": len(wide),
+            "by_age_band": h2["by_age_band"],
+        }
+
+    # The release: the same rounds, refitted on every labelled loan.
+    dall = xgb.DMatrix(X[:, cols], label=y, feature_names=list(features))
+    release = xgb.train(
+        {**params, "monotone_constraints": F.monotone_constraints(features)}, dall, num_boost_round=best_rounds
+    )
+    raw = release.save_raw("json")
     model_version = datetime.now(UTC).strftime("%Y%m%d-%H%M%S") + "-" + hashlib.sha256(raw).hexdigest()[:8]
     taken = 1
     while bundles.bundle_path(model_version, out_dir).exists():  # the same booster again within a second
         taken += 1
         model_version = f"{model_version.rsplit('.', 1)[0]}.{taken}"
-    gain = booster.get_score(importance_type="gain")
+    gain = release.get_score(importance_type="gain")
+    ts = df["event_timestamp"]
     meta = {
         "model_version": model_version,
         "trained_at": datetime.now(UTC).isoformat(),
-        "threshold": threshold,
-        "threshold_rule": "maximises sensitivity + specificity on the validation slice",
-        "features": list(FEATURES),
+        "threshold": cutoff,
+        "threshold_rule": f"credit policy {policy.label} ({policy.method}) on the policy slice",
+        "policy_at_training": policy.label,
+        "features": list(features),
+        "excluded_inputs": [f for f in FEATURES if f not in features],
+        "monotone_constraints": {f: F.MONOTONE[f] for f in features if f in F.MONOTONE},
         "feature_service": FEATURE_SERVICE,
         "metrics": metrics,
-        "feature_importance_gain": {k: float(gain.get(k, 0.0)) for k in FEATURES},
-        "rows": {"train": n_train - n_valid, "validation": n_valid, "test": n_test},
+        "input_policy": input_policy,
+        "feature_importance_gain": {k: float(gain.get(k, 0.0)) for k in features},
+        "rows": {"fit": n_fit, "validation": n_valid, "policy": n_policy, "test": n_test, "release": n},
         "training_window": {
             "train_start": ts.iloc[0].isoformat(),
-            "train_end": ts.iloc[n_train - 1].isoformat(),
-            "test_start": ts.iloc[n_train].isoformat(),
+            "train_end": ts.iloc[n_rest - 1].isoformat(),
+            "policy_start": ts.iloc[n_fit + n_valid].isoformat(),
+            "test_start": ts.iloc[n_rest].isoformat(),
             "test_end": ts.iloc[-1].isoformat(),
         },
+        "protocol": (
+            "time-ordered: fit 70% / validation 15% (early stopping) / policy slice 15% (cut-off) of the "
+            "older 80%, test = newest 20%; metrics from the fit-only model; the release is refitted on "
+            "all labelled loans with the validation's rounds"
+        ),
+        "policy_slice": policy_slice,
+        "training_distribution": _distribution(X, features),
         "share_without_credit_file": missing_credit,
         "point_in_time_join_seconds": pit_s,
-        "boost_rounds": int(booster.num_boosted_rounds()),
+        "boost_rounds": best_rounds,
         "params": params,
-        "dataset": _dataset_info(settings),
+        "dataset": dataset,
         "versions": {p: version(p) for p in ("feast", "xgboost-cpu", "pandas", "numpy", "scikit-learn") if _has(p)},
     }
-    bundle = bundles.publish(raw, meta, out_dir)
+    bundles.write_bundle(raw, meta, out_dir)
+    bundles.load_bundle(model_version, out_dir)  # it must load before anything points at it
+    meta["promotion"] = promote_or_challenge(meta, policy, out_dir)
     meta["seconds"] = time.perf_counter() - t0
-    meta["written_to"] = str(bundle.path)
+    meta["written_to"] = str(bundles.bundle_path(model_version, out_dir))
     return meta
+
+
+def _distribution(X: np.ndarray, features) -> dict:
+    """Decile edges and missing share of each input over the training loans (the PSI reference)."""
+    out = {}
+    for f in features:
+        col = X[:, F.INDEX[f]].astype(float)
+        ok = col[~np.isnan(col)]
+        out[f] = {
+            "deciles": [float(v) for v in np.unique(np.quantile(ok, np.linspace(0.1, 0.9, 9)))] if len(ok) else [],
+            "missing": float(np.isnan(col).mean()),
+            "rows": int(len(col)),
+        }
+    return out
+
+
+def promotion_verdict(candidate: dict, champion: dict | None, policy) -> tuple[bool, list[str]]:
+    """Whether a candidate may replace the champion: not worse by more than the policy's margins
+    on AUC, calibration error and the lowest age-band approval ratio (each measured on the
+    model's own time-ordered holdout).  Returns (promote, one line per check)."""
+    if champion is None:
+        return True, ["no champion yet: the candidate becomes the champion"]
+    m = policy.promotion
+    a, b = candidate.get("metrics", {}), champion.get("metrics", {})
+    checks = [
+        ("AUC", b.get("auc"), a.get("auc"), -1, m["max_auc_drop"]),
+        (
+            "calibration error",
+            b.get("calibration_error"),
+            a.get("calibration_error"),
+            +1,
+            m["max_calibration_error_rise"],
+        ),
+        (
+            "lowest age-band approval ratio",
+            b.get("min_age_band_ratio"),
+            a.get("min_age_band_ratio"),
+            -1,
+            m["max_group_ratio_drop"],
+        ),
+    ]
+    ok, lines = True, []
+    for name, champ, cand, worse_sign, margin in checks:
+        if champ is None or cand is None:
+            lines.append(f"{name}: not measured on both models — not compared")
+            continue
+        worse_by = (cand - champ) * worse_sign
+        passed = worse_by <= margin + 1e-12
+        ok &= passed
+        lines.append(
+            f"{name}: candidate {cand:.4f}, champion {champ:.4f} — "
+            + ("within" if passed else "outside")
+            + f" the margin {margin:g}"
+        )
+    return ok, lines
+
+
+def promote_or_challenge(meta: dict, policy, out_dir: Path) -> dict:
+    champion = bundles.current_metadata(out_dir)
+    promote, lines = promotion_verdict(meta, champion, policy)
+    version = meta["model_version"]
+    if promote:
+        bundles.use(version, out_dir)
+        if bundles.challenger_version(out_dir) == version:
+            bundles.set_challenger(None, out_dir)
+        action = "promoted"
+    else:
+        bundles.set_challenger(version, out_dir)
+        action = "challenger"
+    _say(f"model {version}: {action}" + "".join(f"\n  {line}" for line in lines))
+    return {"action": action, "checks": lines, "champion": champion.get("model_version") if champion else None}
 
 
 def _has(pkg: str) -> bool:

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import math
 from datetime import UTC, date, datetime
 
 import pandas as pd
-import plotly.graph_objects as go
 import streamlit as st
 
 from model.features import APPLICATION_FIELDS, HOME_OWNERSHIP, LOAN_INTENTS
@@ -15,20 +13,25 @@ from model.inference import (
     LIMITS,
     ApplicationError,
     DecisionService,
-    MissingFeatures,
     ModelUnavailable,
+    PolicyUnavailable,
     StoreUnavailable,
-    age_on,
 )
+from model.reasons import WORDS
+from pages._record import notice_buttons, outcome_banner, reasons_list, waterfall
 from pages._ui import current_user, explain, guarded, plain, require, settings, show_error
 from runtime import decisions as audit
 from runtime import explore
 from runtime.schema import masked_applicant
 
-# The form: who (zipcode, date of birth, SSN digits), then the model's application fields.
-FIELDS = ("zipcode", "date_of_birth", "ssn_last4", *APPLICATION_FIELDS)
+# The form: who (zipcode, date of birth, SSN digits), then the application (age comes from the birth date).
+FIELDS = ("zipcode", "date_of_birth", "ssn_last4", *(f for f in APPLICATION_FIELDS if f != "person_age"))
 WHAT_IF = ("loan_amnt", "loan_int_rate", "person_income", "person_emp_length", "loan_intent", "person_home_ownership")
-STATUS_MARK = {"ok": "ok", "missing": "MISSING"}
+STATUS_MARK = {"ok": "ok", "missing": "MISSING", "stale": "STALE (not used)"}
+
+
+def _word(code: str | None) -> str:
+    return WORDS.get(code, code).capitalize() if code else ""
 
 
 def _fill_sample() -> None:
@@ -47,7 +50,6 @@ def _fill_sample() -> None:
             "f_zipcode": f"{row['zipcode']:05d}",
             "f_date_of_birth": born,
             "f_ssn_last4": row["dob_ssn"][-4:],
-            "f_person_age": age_on(born),
             "f_person_income": int(row["person_income"]),
             "f_person_home_ownership": row["person_home_ownership"],
             "f_person_emp_length": float(min(row["person_emp_length"], LIMITS["person_emp_length"][1])),
@@ -62,10 +64,12 @@ def _form() -> tuple[bool, dict, dict]:
     """The application form; returns (submitted, raw values, a placeholder per field for its message)."""
     holes = {}
     with st.form("application", border=True):
-        c1, c2 = st.columns(2)
+        st.markdown("**Applicant**")
+        c1, c2, c3 = st.columns(3)
         with c1:
             st.text_input("Zipcode", key="f_zipcode", max_chars=5, placeholder="e.g. 02438")
             holes["zipcode"] = st.empty()
+        with c2:
             st.date_input(
                 "Date of birth",
                 key="f_date_of_birth",
@@ -75,20 +79,22 @@ def _form() -> tuple[bool, dict, dict]:
                 format="YYYY-MM-DD",
             )
             holes["date_of_birth"] = st.empty()
-            st.text_input("SSN last four", key="f_ssn_last4", max_chars=4, placeholder="NNNN")
-            holes["ssn_last4"] = st.empty()
-            holes["dob_ssn"] = st.empty()
-            lo, hi = LIMITS["person_age"]
-            st.number_input("Age", key="f_person_age", min_value=lo, max_value=hi, value=None, step=1)
             holes["person_age"] = st.empty()
+        with c3:
+            st.text_input("SSN last four", key="f_ssn_last4", max_chars=4, placeholder="NNNN", type="password")
+            holes["ssn_last4"] = st.empty()
+        holes["dob_ssn"] = st.empty()
+        c1, c2, c3 = st.columns(3)
+        with c1:
             lo, hi = LIMITS["person_income"]
             st.number_input(
                 "Yearly income ($)", key="f_person_income", min_value=lo, max_value=hi, value=None, step=1000
             )
             holes["person_income"] = st.empty()
         with c2:
-            st.selectbox("Home ownership", HOME_OWNERSHIP, key="f_person_home_ownership", index=None)
+            st.selectbox("Home ownership", HOME_OWNERSHIP, key="f_person_home_ownership", index=None, format_func=_word)
             holes["person_home_ownership"] = st.empty()
+        with c3:
             lo, hi = LIMITS["person_emp_length"]
             st.number_input(
                 "Employment length (years)",
@@ -99,11 +105,16 @@ def _form() -> tuple[bool, dict, dict]:
                 step=0.5,
             )
             holes["person_emp_length"] = st.empty()
-            st.selectbox("Loan intent", LOAN_INTENTS, key="f_loan_intent", index=None)
+        st.markdown("**Loan**")
+        c1, c2, c3 = st.columns(3)
+        with c1:
+            st.selectbox("Purpose", LOAN_INTENTS, key="f_loan_intent", index=None, format_func=_word)
             holes["loan_intent"] = st.empty()
+        with c2:
             lo, hi = LIMITS["loan_amnt"]
             st.number_input("Loan amount ($)", key="f_loan_amnt", min_value=lo, max_value=hi, value=None, step=500)
             holes["loan_amnt"] = st.empty()
+        with c3:
             lo, hi = LIMITS["loan_int_rate"]
             st.number_input(
                 "Interest rate (%)", key="f_loan_int_rate", min_value=lo, max_value=hi, value=None, step=0.1
@@ -125,10 +136,6 @@ def _decide(raw: dict, holes: dict) -> None:
         st.session_state["ld_last_decision"] = None
         st.error("Please correct the highlighted fields.", icon=":material/edit_note:")
         return
-    except MissingFeatures as err:
-        st.session_state["ld_last_decision"] = None
-        st.warning(plain(err), icon=":material/person_search:")
-        return
     except StoreUnavailable as err:
         st.session_state["ld_last_decision"] = None
         st.error(
@@ -137,7 +144,7 @@ def _decide(raw: dict, holes: dict) -> None:
             icon=":material/cloud_off:",
         )
         return
-    except ModelUnavailable as err:
+    except (ModelUnavailable, PolicyUnavailable) as err:
         st.session_state["ld_last_decision"] = None
         st.error(plain(err), icon=":material/model_training:")
         return
@@ -146,7 +153,7 @@ def _decide(raw: dict, holes: dict) -> None:
         show_error(exc, "The decision failed")
         return
     try:
-        decision_id = audit.record_decision(settings(), user, decision)
+        decision_id = audit.record_decision(settings(), user, decision, channel="app")
     except Exception as exc:
         st.session_state["ld_last_decision"] = None
         show_error(exc, "The decision could not be written to the audit table, so it is not valid")
@@ -154,132 +161,94 @@ def _decide(raw: dict, holes: dict) -> None:
     st.session_state["ld_last_decision"] = (decision_id, decision)
 
 
-def _waterfall(decision) -> go.Figure:
-    """Bars start at the model's baseline log-odds; each feature moves it; the last bar is this applicant."""
-    items = sorted(decision.contributions.items(), key=lambda kv: abs(kv[1]), reverse=True)
-    top, rest = items[:10], items[10:]
-    labels = [LABELS.get(k, k.replace("_", " ")) for k, _ in top]
-    values = [v for _, v in top]
-    if rest:
-        labels.append(f"{len(rest)} other features")
-        values.append(sum(v for _, v in rest))
-    labels.append("this applicant")
-    values.append(0)
-    measures = ["relative"] * (len(values) - 1) + ["total"]
-    fig = go.Figure(
-        go.Waterfall(
-            orientation="h",
-            y=labels,
-            x=values,
-            base=decision.base_value,
-            measure=measures,
-            text=[f"{v:+.2f}" for v in values[:-1]] + [f"{decision.probability:.1%}"],
-            textposition="outside",
-            cliponaxis=False,
-            increasing={"marker": {"color": "#d62728"}},
-            decreasing={"marker": {"color": "#2ca02c"}},
-            totals={"marker": {"color": "#1f77b4"}},
-            connector={"line": {"color": "#999", "width": 1}},
-        )
-    )
-    cut = math.log(decision.threshold / (1 - decision.threshold))
-    fig.add_vline(
-        x=cut,
-        line_dash="dot",
-        line_color="#555",
-        annotation_text=f"threshold {decision.threshold:.1%}",
-        annotation_position="top",  # above the bars, never over one
-    )
-    fig.update_layout(
-        title=f"Why: log-odds of default, from the baseline {decision.base_value:+.2f}",
-        yaxis={"autorange": "reversed"},
-        xaxis_title="log-odds of default (red raises risk, green lowers it)",
-        height=460,
-        margin={"l": 10, "r": 60, "t": 50, "b": 10},
-        showlegend=False,
-    )
-    return fig
-
-
 def _show(decision_id: int, decision) -> None:
-    approved = decision.decision == "approve"
-    (st.success if approved else st.error)(
-        f"**{'APPROVE' if approved else 'REJECT'}** — probability of default {decision.probability:.1%} "
-        f"({'below' if approved else 'at or above'} the threshold {decision.threshold:.1%})",
-        icon=":material/check_circle:" if approved else ":material/cancel:",
+    outcome_banner(decision.outcome, decision.probability, decision.cutoff, decision.band, decision_id)
+    for why in decision.refer_reasons:
+        st.warning(plain(why), icon=":material/person_search:")
+    if decision.reasons:
+        st.markdown(
+            "**Principal reasons**" + (" (for the adverse-action notice)" if decision.outcome == "decline" else "")
+        )
+        reasons_list([r.as_dict() for r in decision.reasons])
+    if decision.outcome == "decline":
+        with guarded("The adverse-action notice is unavailable"):
+            notice_buttons(audit.decision_by_id(settings(), decision_id))
+    st.caption(
+        f"Decision #{decision_id} · model `{decision.model_version}` · policy `{decision.policy_version}` · "
+        f"answered in {decision.latency_ms:.0f} ms · recorded · [open the record](/decision?id={decision_id})"
     )
-    m1, m2, m3 = st.columns(3)
-    m1.metric("Probability of default", f"{decision.probability:.1%}")
-    m2.metric("Threshold", f"{decision.threshold:.1%}")
-    m3.metric("Decision id", f"#{decision_id}")
-    st.caption(f"Model version `{decision.model_version}` · answered in {decision.latency_ms:.0f} ms · recorded")
     for w in decision.warnings:
-        st.warning(w, icon=":material/schedule:")
-    st.plotly_chart(_waterfall(decision), key="ld_waterfall")
-    reasons = pd.DataFrame(
-        [
-            {
-                "feature": LABELS.get(r.feature, r.feature),
-                "value": str(r.value),
-                "effect": r.direction,
-                "log-odds": round(r.contribution, 3),
-            }
-            for r in decision.reasons
-        ]
-    )
-    st.markdown("**Main reasons**")
-    st.dataframe(reasons, hide_index=True)
-    feats = pd.DataFrame(
-        [
-            {
-                "feature": f.name,
-                "freshness": STATUS_MARK.get(f.status, f.status),
-                "value": "" if f.value is None else str(f.value),
-                "as of": f.event_timestamp,
-                "view": f.view,
-            }
-            for f in decision.features
-        ]
-    )
-    flagged = [f.name for f in decision.features if f.status != "ok"]
-    st.markdown("**Features used** (from the online store)")
-    if flagged:
-        st.warning(f"Missing: {', '.join(flagged)}", icon=":material/warning:")
-    st.dataframe(feats, hide_index=True, column_config={"as of": st.column_config.DatetimeColumn(format="iso8601")})
+        st.warning(plain(w), icon=":material/schedule:")
+    with st.expander("Details: contributions and features"):
+        if decision.contributions:
+            st.plotly_chart(
+                waterfall(decision.contributions, decision.base_value, decision.probability, decision.cutoff),
+                key="ld_waterfall",
+                config={"displayModeBar": False},
+            )
+        feats = pd.DataFrame(
+            [
+                {
+                    "feature": f.name,
+                    "value": "" if f.value is None else str(f.value),
+                    "as of": f.event_timestamp,
+                    "status": STATUS_MARK.get(f.status, f.status),
+                }
+                for f in decision.features
+            ]
+        )
+        st.dataframe(feats, hide_index=True, column_config={"as of": st.column_config.DatetimeColumn(format="iso8601")})
+        if decision.challenger:
+            c = decision.challenger
+            st.caption(
+                f"Challenger `{c['model_version']}` in the shadow (recorded, not the decision): "
+                + (f"{c['probability']:.1%} → {c['outcome']}" if "probability" in c else f"not scored: {c['error']}")
+            )
 
 
 @st.fragment
-def _what_if(decision) -> None:
+def _what_if(decision_id: int, decision) -> None:
+    if decision.probability is None:
+        return
     st.markdown("**What if?** Change one input and see the probability move (not recorded).")
     app = decision.application.as_dict()
-    field = st.selectbox("Input", WHAT_IF, format_func=lambda k: LABELS.get(k, k), key="wi_field")
+    # Keys carry the decision id: a new decision starts every control from its own values.
+    k = f"wi_{decision_id}"
+    field = st.selectbox("Input", WHAT_IF, format_func=lambda f: LABELS.get(f, f), key=f"{k}_field")
     current = app[field]
     if field == "loan_intent":
-        value = st.selectbox("New value", LOAN_INTENTS, index=LOAN_INTENTS.index(current), key="wi_intent")
+        value = st.selectbox(
+            "New value", LOAN_INTENTS, index=LOAN_INTENTS.index(current), key=f"{k}_intent", format_func=_word
+        )
     elif field == "person_home_ownership":
-        value = st.selectbox("New value", HOME_OWNERSHIP, index=HOME_OWNERSHIP.index(current), key="wi_own")
+        value = st.selectbox(
+            "New value", HOME_OWNERSHIP, index=HOME_OWNERSHIP.index(current), key=f"{k}_own", format_func=_word
+        )
     elif field in ("loan_amnt", "person_income"):  # whole dollars
         lo, hi = LIMITS[field]
         step = {"loan_amnt": 500, "person_income": 1000}[field]
-        value = st.slider("New value", int(lo), int(hi), int(round(current)), step=step, key=f"wi_{field}")
+        value = st.slider("New value", int(lo), int(hi), int(round(current)), step=step, key=f"{k}_{field}")
     else:
         lo, hi = LIMITS[field]
         step = {"loan_int_rate": 0.1, "person_emp_length": 0.5}[field]
-        value = st.slider("New value", float(lo), float(hi), float(current), step=step, key=f"wi_{field}")
+        value = st.slider("New value", float(lo), float(hi), float(current), step=step, key=f"{k}_{field}")
     try:
         other = DecisionService.shared().decide({**app, field: value})
     except Exception as exc:
         st.info(f"No what-if result: {explain(exc)}", icon=":material/info:")
         return
+    if other.probability is None:
+        st.info(plain("No what-if result: " + "; ".join(other.refer_reasons)), icon=":material/info:")
+        return
     delta = other.probability - decision.probability
-    shown = value if isinstance(value, str) else f"{value:,}"
+    shown = _word(value) if isinstance(value, str) else f"{value:,}"
     st.metric(
         f"Probability of default with {LABELS.get(field, field)} = {shown}",
         f"{other.probability:.1%}",
         delta=f"{delta:+.1%}",
         delta_color="inverse",
     )
-    st.caption(f"Would be: **{other.decision}**")
+    st.caption(f"Would be: **{other.outcome}**")
 
 
 def _recent() -> None:
@@ -290,23 +259,38 @@ def _recent() -> None:
         if not rows:
             st.caption("No decisions yet.")
             return
+        # The columns that matter come first: on a phone only the first few fit.
         table = pd.DataFrame(
             [
                 {
-                    "decision id": r["id"],
-                    "decided at (UTC)": f"{r['decided_at']:%Y-%m-%d %H:%M:%S}",
-                    "applicant": masked_applicant(r["applicant"]),
-                    "zipcode": f"{r['zipcode']:05d}",
+                    "id": f"/decision?id={r['id']}",
+                    "outcome": _status(r),
+                    "PD": None if r["probability"] is None else f"{r['probability']:.1%}",
                     "amount": f"{r['loan_amnt']:,.0f}",
-                    "intent": r["loan_intent"],
-                    "probability of default": f"{r['probability']:.1%}",
-                    "decision": r["decision"],
-                    "model version": r["model_version"],
+                    "applicant": masked_applicant(r["applicant"]),
+                    "decided (UTC)": f"{r['decided_at']:%Y-%m-%d %H:%M}",
+                    "purpose": _word(r["loan_intent"]),
+                    "zipcode": f"{r['zipcode']:05d}",
                 }
                 for r in rows
             ]
-        ).set_index("decision id")
-        st.table(table)
+        )
+        st.dataframe(
+            table,
+            hide_index=True,
+            column_config={
+                "id": st.column_config.LinkColumn("id", display_text=r"id=(\d+)", width="small"),
+                "PD": st.column_config.TextColumn("PD", help="Probability of default", width="small"),
+            },
+        )
+
+
+def _status(r: dict) -> str:
+    if r["outcome"] != "refer":
+        return r["outcome"]
+    if r.get("review_outcome"):
+        return f"refer → {r['review_outcome']}"
+    return "refer (pending)"
 
 
 def _reload_notice() -> None:
@@ -328,7 +312,11 @@ def _reload_notice() -> None:
 require()
 st.title(":material/request_quote: New application")
 _reload_notice()
-left, right = st.columns([1, 1.3], gap="large")
+last = st.session_state.get("ld_last_decision")
+if last:
+    left, right = st.columns([1, 1.2], gap="large")
+else:
+    left, right = st.container(), None
 with left:
     st.button("Fill with a sample applicant", on_click=_fill_sample, icon=":material/person_add:")
     if notice := st.session_state.pop("ld_apply_notice", None):
@@ -336,11 +324,12 @@ with left:
     submitted, raw, holes = _form()
     if submitted:
         _decide(raw, holes)
-with right:
-    last = st.session_state.get("ld_last_decision")
-    if last:
-        _show(*last)
-        _what_if(last[1])
-    else:
-        st.info("Fill in the application and press **Decide**.", icon=":material/info:")
+        if st.session_state.get("ld_last_decision") and not last:
+            st.rerun()  # the first decision: the form moves left, the decision shows beside it
+        last = st.session_state.get("ld_last_decision")
+if right is not None:
+    with right:
+        if last:
+            _show(*last)
+            _what_if(*last)
 _recent()

@@ -114,6 +114,84 @@ CREATE TABLE loan_desk_api_tokens (
 );
 """,
     ),
+    (
+        4,
+        "decision records: outcomes, reasons, policy, hash chain; reviews, batches, model events; underwriter role",
+        """
+ALTER TABLE loan_desk_users DROP CONSTRAINT IF EXISTS loan_desk_users_role_check;
+ALTER TABLE loan_desk_users ADD CONSTRAINT loan_desk_users_role_check
+    CHECK (role IN ('officer', 'underwriter', 'admin'));
+ALTER TABLE loan_desk_decisions RENAME COLUMN decision TO outcome;
+UPDATE loan_desk_decisions SET outcome = 'decline' WHERE outcome = 'reject';
+ALTER TABLE loan_desk_decisions
+    ALTER COLUMN probability DROP NOT NULL,
+    ALTER COLUMN threshold DROP NOT NULL,
+    ALTER COLUMN model_version DROP NOT NULL,
+    ADD CONSTRAINT loan_desk_decisions_outcome CHECK (outcome IN ('approve', 'refer', 'decline')),
+    ADD COLUMN band           jsonb,
+    ADD COLUMN reasons        jsonb NOT NULL DEFAULT '[]',
+    ADD COLUMN refer_reasons  jsonb NOT NULL DEFAULT '[]',
+    ADD COLUMN contributions  jsonb,
+    ADD COLUMN policy_version text,
+    ADD COLUMN challenger     jsonb,
+    ADD COLUMN channel        text NOT NULL DEFAULT 'app' CHECK (channel IN ('app', 'api', 'cli', 'batch')),
+    ADD COLUMN client         text,
+    ADD COLUMN batch_id       bigint,
+    ADD COLUMN applicant      text GENERATED ALWAYS AS (inputs->>'dob_ssn') STORED,
+    -- pending: a referral waiting for an underwriter; final otherwise (the review holds the verdict)
+    ADD COLUMN status         text NOT NULL DEFAULT 'final' CHECK (status IN ('final', 'pending')),
+    ADD COLUMN prev_hash      bytea,
+    ADD COLUMN record_hash    bytea,
+    ADD COLUMN field_hashes   jsonb;
+UPDATE loan_desk_decisions SET status = 'final';
+CREATE INDEX loan_desk_decisions_time ON loan_desk_decisions (decided_at DESC, id DESC);
+CREATE INDEX loan_desk_decisions_applicant ON loan_desk_decisions (applicant, decided_at DESC);
+CREATE INDEX loan_desk_decisions_pending ON loan_desk_decisions (decided_at) WHERE status = 'pending';
+CREATE INDEX loan_desk_decisions_outcome ON loan_desk_decisions (outcome, decided_at DESC);
+CREATE INDEX loan_desk_decisions_batch ON loan_desk_decisions (batch_id) WHERE batch_id IS NOT NULL;
+-- One head per hash chain: the last record's id and hash (a deleted tail shows as a mismatch).
+CREATE TABLE loan_desk_chain_heads (
+    chain     text PRIMARY KEY,
+    last_id   bigint NOT NULL,
+    last_hash bytea NOT NULL,
+    records   bigint NOT NULL
+);
+-- An underwriter's verdict on a referred decision: exactly one per decision (maker-checker in code).
+CREATE TABLE loan_desk_reviews (
+    id           bigserial PRIMARY KEY,
+    decision_id  bigint NOT NULL UNIQUE REFERENCES loan_desk_decisions (id),
+    reviewed_at  timestamptz NOT NULL,
+    reviewer     text NOT NULL,
+    outcome      text NOT NULL CHECK (outcome IN ('approve', 'decline')),
+    reason_code  text NOT NULL,
+    note         text NOT NULL DEFAULT '',
+    prev_hash    bytea,
+    record_hash  bytea,
+    field_hashes jsonb
+);
+CREATE TABLE loan_desk_batches (
+    id         bigserial PRIMARY KEY,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    username   text NOT NULL,
+    filename   text NOT NULL,
+    rows       integer NOT NULL DEFAULT 0,
+    scored     integer NOT NULL DEFAULT 0,
+    errors     integer NOT NULL DEFAULT 0,
+    status     text NOT NULL DEFAULT 'running' CHECK (status IN ('running', 'done', 'failed')),
+    finished_at timestamptz
+);
+-- Promotions, challengers and overrides of the model lifecycle.
+CREATE TABLE loan_desk_model_events (
+    id        bigserial PRIMARY KEY,
+    at        timestamptz NOT NULL DEFAULT now(),
+    username  text NOT NULL,
+    version   text NOT NULL,
+    action    text NOT NULL CHECK (action IN ('promoted', 'challenger', 'override', 'rollback')),
+    reason    text NOT NULL DEFAULT '',
+    details   jsonb
+);
+""",
+    ),
 ]
 _MIGRATE_LOCK = 0x4C444D49  # "LDMI"
 

@@ -693,3 +693,20 @@ def render_pdf(record: dict, config: NoticeConfig, *, issued: date | None = None
     para(note.questions, gap=3)
     para(f"Sincerely,\n{lender.name}")
     return bytes(pdf.output())
+
+
+def notice_record(row: dict) -> dict:
+    """The notice's record from a row of the decision trail (runtime.decisions.decision_by_id):
+    the applicant masked, and whether a credit file was used (any credit feature was read)."""
+    features = row.get("features") or []
+    return {
+        "id": row["id"],
+        "decided_at": row["decided_at"],
+        "outcome": row["outcome"],
+        "inputs": row.get("inputs") or {},
+        "reasons": row.get("reasons") or [],
+        "probability": row.get("probability"),
+        "model_version": row.get("model_version"),
+        "policy_version": row.get("policy_version"),
+        "used_credit_report": any(f.get("view") == "credit_history" and f.get("status") == "ok" for f in features),
+    }
