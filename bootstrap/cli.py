@@ -8,7 +8,9 @@ loan-desk load          put applicant data into Postgres
 loan-desk apply         feast apply
 loan-desk materialize   copy the latest features into Valkey (incremental, up to now)
 loan-desk train         train the model on a point-in-time-correct training set
-loan-desk models        list the trained model bundles, or go back to one
+loan-desk models        list the trained model bundles, go back to one, or promote one (recorded)
+loan-desk policy        show the credit policy, or back-test a proposed one (simulate)
+loan-desk audit verify  check the decision trail's hash chains
 loan-desk export        write the offline tables to Parquet (--parquet DIR) for the Spark profile
 loan-desk serve         run the Streamlit app
 """
@@ -121,17 +123,32 @@ def cmd_train(args) -> int:
         raise StepMissing(
             f"the feature service {FEATURE_SERVICE} is not registered: run `uv run loan-desk apply` first"
         ) from None
+    from bootstrap.governance import record_model_event
     from model.train import train
 
     meta = train(store, _settings(), out_dir=args.out)
     m = meta["metrics"]
     bayes = f" (Bayes AUC {m['bayes_auc']:.3f})" if "bayes_auc" in m else ""
     _say(
-        f"model {meta['model_version']}: test AUC {m['auc']:.3f}{bayes}, accuracy "
-        f"{m['accuracy_at_threshold']:.3f} at threshold {meta['threshold']}, Brier {m['brier']:.3f}; "
-        f"{meta['seconds']:.1f} s"
+        f"model {meta['model_version']}: test AUC {m['auc']:.3f}{bayes}, calibration error "
+        f"{m['calibration_error']:.3f}, approves {m['approval_rate_test']:.1%} of the test slice at the policy's "
+        f"cut-off {meta['threshold']:.3f}; {meta['seconds']:.1f} s"
     )
-    _say(f"wrote {meta['written_to']} and made it the current model")
+    promo = meta["promotion"]
+    record_model_event(
+        _settings(),
+        meta["model_version"],
+        promo["action"],
+        "train",
+        {"checks": promo["checks"], "champion": promo["champion"]},
+    )
+    if promo["action"] == "promoted":
+        _say(f"wrote {meta['written_to']} and made it the current model (champion)")
+    else:
+        _say(
+            f"wrote {meta['written_to']}; it stays a challenger (scored in the shadow of each decision): "
+            f'`uv run loan-desk models promote {meta["model_version"]} --reason "…"` overrides'
+        )
     return 0
 
 
@@ -310,6 +327,9 @@ def build_parser() -> argparse.ArgumentParser:
     mp.add_argument("version", metavar="VERSION")
     mp.add_argument("--dir", type=Path, default=None, help="model folder (default .loan-desk/model)")
     mp.set_defaults(func=cmd_models_use)
+    from bootstrap import governance
+
+    governance.register(sub, msub)
 
     sp = sub.add_parser("export", help="write the offline tables to Parquet for the Spark profile")
     sp.add_argument("--parquet", metavar="DIR", required=True, help="folder of the export (replaced atomically)")
