@@ -40,7 +40,7 @@ def test_the_repository_policy_loads_and_describes_itself():
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        (GOOD + "\ncutof = 1\n", "unknown field 'cutof' in the top level"),
+        ("cutof = 1\n" + GOOD, "unknown field 'cutof' in the top level"),
         (GOOD.replace('method = "fixed"', 'method = "fixed"\nspeed = 3'), "unknown field 'speed' in [cutoff]"),
         (GOOD.replace('"fixed"\nvalue = 0.30', '"expected_loss"\nloss_given_default = -0.6'), "loss_given_default"),
         (GOOD.replace("below = 0.05", "below = -0.05"), "the approve and decline bands would overlap"),
