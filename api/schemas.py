@@ -124,3 +124,11 @@ class ErrorOut(BaseModel):
 
 class FieldErrorsOut(ErrorOut):
     fields: dict[str, str] = Field(default_factory=dict, description="A message per invalid field")
+
+
+class HealthOut(BaseModel):
+    status: Literal["ok", "unavailable"]
+    postgres: str
+    valkey: str
+    model: str
+    error: str | None = None

@@ -46,9 +46,11 @@ def applications(settings, n: int = 1000) -> list[dict]:
 
 
 class Floor:
-    """The same work with nothing in between: one pipelined HMGET, decode, numpy row, predict + contributions."""
+    """The same work with nothing in between: one pipelined HMGET, decode, numpy row, predict +
+    contributions, the cut-off compare, the top four positive contributions, and the challenger's
+    prediction when there is one (the product's policy, reasons and shadow scoring, bare)."""
 
-    def __init__(self, store, booster):
+    def __init__(self, store, booster, columns=None, names=None, cutoff: float = 0.5, challenger=None):
         import redis
         from feast.infra.online_stores.helpers import _mmh3, _redis_key
         from feast.protos.feast.types.EntityKey_pb2 import EntityKey
@@ -66,7 +68,10 @@ class Floor:
         self.credit_fields = [_mmh3(f"credit_history:{n}") for n in self.credit] + [b"_ts:credit_history"]
         self.zip_fields = [_mmh3(f"zipcode_features:{n}") for n in self.zip] + [b"_ts:zipcode_features"]
         self.booster = booster
-        self.names = list(F.FEATURES)
+        self.names = list(names or F.FEATURES)
+        self.columns = columns
+        self.cutoff = cutoff
+        self.challenger = challenger  # (booster, columns) or None
 
     def key(self, join_key: str, value) -> bytes:
         v = self.Value(string_val=value) if isinstance(value, str) else self.Value(int64_val=value)
@@ -82,10 +87,15 @@ class Floor:
         parse = self.Value.FromString
         credit = {n: parse(b).int64_val for n, b in zip(self.credit, c_raw, strict=False)}
         zipcode = {n: parse(b).int64_val for n, b in zip(self.zip, z_raw, strict=False)}
-        x = self.F.row_vector(app, credit, zipcode)
+        full = self.F.row_vector(app, credit, zipcode)
+        x = full if self.columns is None else full[:, self.columns]
         p = float(self.booster.inplace_predict(x)[0])
         contribs = self.booster.predict(xgb.DMatrix(x, feature_names=self.names, nthread=1), pred_contribs=True)[0]
-        return p, contribs
+        outcome = p >= self.cutoff
+        top = [i for i in contribs[:-1].argsort()[::-1][:4] if contribs[i] > 0] if outcome else []
+        if self.challenger is not None:
+            self.challenger[0].inplace_predict(full[:, self.challenger[1]])
+        return p, contribs, top
 
 
 def tutorial_path(store, booster, app: dict) -> float:
@@ -101,8 +111,22 @@ def tutorial_path(store, booster, app: dict) -> float:
         features=list(F.ONLINE_REFS), entity_rows=[{"dob_ssn": app["dob_ssn"], "zipcode": app["zipcode"]}]
     ).to_df()
     frame = pd.concat([pd.DataFrame([app]).drop(columns=["dob_ssn", "zipcode"]), feats], axis=1)
-    x = F.frame_matrix(frame)
-    return float(booster.predict(xgb.DMatrix(x, feature_names=list(F.FEATURES), nthread=1))[0])
+    names = list(booster.feature_names)
+    x = F.frame_matrix(frame)[:, F.columns(names)]
+    return float(booster.predict(xgb.DMatrix(x, feature_names=names, nthread=1))[0])
+
+
+def _shadow_challenger(bundle) -> str:
+    """A challenger for the run: a copy of the champion's booster published under another version
+    (the shadow costs one more prediction, whatever the booster)."""
+    from model import bundles
+
+    version = f"{bundle.version}-shadow"
+    if not bundles.bundle_path(version, bundle.path.parent.parent).exists():
+        meta = {**bundle.metadata, "model_version": version}
+        bundles.write_bundle((bundle.path / bundles.MODEL_FILE).read_bytes(), meta, bundle.path.parent.parent)
+    bundles.set_challenger(version, bundle.path.parent.parent)
+    return version
 
 
 def _time(fn, apps: list[dict], calls: int) -> list[float]:
@@ -123,11 +147,17 @@ def run(calls: int = 10_000, applicants: int = SMALL, warm: int | None = None) -
     svc = DecisionService(settings=s)
     apps = applications(s)
     store = svc.store
-    booster, _ = svc.model()
-    floor = Floor(store, booster)
+    bundle = svc.bundle()
+    booster = bundle.booster
+    challenger = _shadow_challenger(bundle)  # shadow scoring on, as the issue asks of the figures
+    cb = svc.challenger()
+    assert cb is not None and cb.version == challenger
+    cutoff = svc.policy().cutoff(bundle.metadata)
+    floor = Floor(store, booster, bundle.columns, bundle.metadata["features"], cutoff, (cb.booster, cb.columns))
     # Same answer from every path before timing anything.
     d = svc.decide(apps[0])
-    p_floor, _ = floor.decide(apps[0])
+    assert d.challenger and d.challenger["model_version"] == challenger
+    p_floor, _, _ = floor.decide(apps[0])
     p_tut = tutorial_path(store, booster, apps[0])
     assert abs(d.probability - p_floor) < 1e-6 and abs(d.probability - p_tut) < 1e-6, (d.probability, p_floor, p_tut)
 
@@ -163,6 +193,9 @@ def run(calls: int = 10_000, applicants: int = SMALL, warm: int | None = None) -
         list(pool.map(svc.decide, (apps[i % len(apps)] for i in range(calls))))
         threaded = calls / (time.perf_counter() - t0)
 
+    from model import bundles
+
+    bundles.set_challenger(None, bundle.path.parent.parent)
     dec, flo, tut, feast = (results[k] for k in ("decide", "floor", "tutorial", "feast_get_online_features"))
     figures = {
         "decision_applicants": applicants,

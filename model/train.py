@@ -321,6 +321,9 @@ def promotion_verdict(candidate: dict, champion: dict | None, policy) -> tuple[b
     model's own time-ordered holdout).  Returns (promote, one line per check)."""
     if champion is None:
         return True, ["no champion yet: the candidate becomes the champion"]
+    if champion.get("dataset") != candidate.get("dataset"):
+        # The data was reloaded since the champion trained: it refers every application until replaced.
+        return True, ["the champion was trained on data that has since been replaced: the candidate replaces it"]
     m = policy.promotion
     a, b = candidate.get("metrics", {}), champion.get("metrics", {})
     checks = [

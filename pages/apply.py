@@ -60,12 +60,13 @@ def _fill_sample() -> None:
     )
 
 
-def _form() -> tuple[bool, dict, dict]:
-    """The application form; returns (submitted, raw values, a placeholder per field for its message)."""
+def _form(width: int = 3) -> tuple[bool, dict, dict]:
+    """The application form (``width`` fields a row); returns (submitted, raw values, a placeholder per
+    field for its message)."""
     holes = {}
     with st.form("application", border=True):
         st.markdown("**Applicant**")
-        c1, c2, c3 = st.columns(3)
+        c1, c2, c3 = _row(width)
         with c1:
             st.text_input("Zipcode", key="f_zipcode", max_chars=5, placeholder="e.g. 02438")
             holes["zipcode"] = st.empty()
@@ -84,7 +85,7 @@ def _form() -> tuple[bool, dict, dict]:
             st.text_input("SSN last four", key="f_ssn_last4", max_chars=4, placeholder="NNNN", type="password")
             holes["ssn_last4"] = st.empty()
         holes["dob_ssn"] = st.empty()
-        c1, c2, c3 = st.columns(3)
+        c1, c2, c3 = _row(width)
         with c1:
             lo, hi = LIMITS["person_income"]
             st.number_input(
@@ -106,7 +107,7 @@ def _form() -> tuple[bool, dict, dict]:
             )
             holes["person_emp_length"] = st.empty()
         st.markdown("**Loan**")
-        c1, c2, c3 = st.columns(3)
+        c1, c2, c3 = _row(width)
         with c1:
             st.selectbox("Purpose", LOAN_INTENTS, key="f_loan_intent", index=None, format_func=_word)
             holes["loan_intent"] = st.empty()
@@ -123,6 +124,14 @@ def _form() -> tuple[bool, dict, dict]:
         submitted = st.form_submit_button("Decide", type="primary", icon=":material/gavel:")
     raw = {k: st.session_state.get(f"f_{k}") for k in FIELDS}
     return submitted, raw, holes
+
+
+def _row(width: int):
+    """Three field slots: side by side when the form has the page's width, else two a row."""
+    if width >= 3:
+        return st.columns(3)
+    a, b = st.columns(2)
+    return a, b, a
 
 
 def _decide(raw: dict, holes: dict) -> None:
@@ -163,6 +172,10 @@ def _decide(raw: dict, holes: dict) -> None:
 
 def _show(decision_id: int, decision) -> None:
     outcome_banner(decision.outcome, decision.probability, decision.cutoff, decision.band, decision_id)
+    m1, m2, m3 = st.columns(3)
+    m1.metric("Probability of default", "—" if decision.probability is None else f"{decision.probability:.1%}")
+    m2.metric("Cut-off", "—" if decision.cutoff is None else f"{decision.cutoff:.1%}")
+    m3.metric("Decision id", f"#{decision_id}")
     for why in decision.refer_reasons:
         st.warning(plain(why), icon=":material/person_search:")
     if decision.reasons:
@@ -263,9 +276,9 @@ def _recent() -> None:
         table = pd.DataFrame(
             [
                 {
-                    "id": f"/decision?id={r['id']}",
+                    "id": f"[{r['id']}](/decision?id={r['id']})",
                     "outcome": _status(r),
-                    "PD": None if r["probability"] is None else f"{r['probability']:.1%}",
+                    "PD": "—" if r["probability"] is None else f"{r['probability']:.1%}",
                     "amount": f"{r['loan_amnt']:,.0f}",
                     "applicant": masked_applicant(r["applicant"]),
                     "decided (UTC)": f"{r['decided_at']:%Y-%m-%d %H:%M}",
@@ -274,15 +287,9 @@ def _recent() -> None:
                 }
                 for r in rows
             ]
-        )
-        st.dataframe(
-            table,
-            hide_index=True,
-            column_config={
-                "id": st.column_config.LinkColumn("id", display_text=r"id=(\d+)", width="small"),
-                "PD": st.column_config.TextColumn("PD", help="Probability of default", width="small"),
-            },
-        )
+        ).set_index("id")
+        st.table(table)
+        st.caption("PD: probability of default. Click an id for the decision record.")
 
 
 def _status(r: dict) -> str:
@@ -321,7 +328,7 @@ with left:
     st.button("Fill with a sample applicant", on_click=_fill_sample, icon=":material/person_add:")
     if notice := st.session_state.pop("ld_apply_notice", None):
         st.info(notice)
-    submitted, raw, holes = _form()
+    submitted, raw, holes = _form(2 if last else 3)
     if submitted:
         _decide(raw, holes)
         if st.session_state.get("ld_last_decision") and not last:

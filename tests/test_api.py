@@ -138,10 +138,11 @@ def test_decision_is_made_recorded_with_the_client_name_and_readable_by_id(serve
     assert _count(pg, f"api:{name}") == before + 1
     assert headers["location"] == f"/v1/decisions/{body['id']}"
     assert body["client"] == name
-    assert body["outcome"] in ("approve", "reject")
-    assert body["outcome"] == ("reject" if body["probability"] >= body["threshold"] else "approve")
-    assert body["model_version"] == backbone["meta"]["model_version"]
-    assert len(body["reasons"]) == 5 and {r["direction"] for r in body["reasons"]} <= {"raises risk", "lowers risk"}
+    assert body["outcome"] in ("approve", "refer", "decline")
+    lo, hi = body["band"]
+    assert body["outcome"] == ("decline" if body["probability"] >= hi else body["outcome"])
+    assert body["model_version"] == backbone["meta"]["model_version"] and "@" in body["policy_version"]
+    assert len(body["reasons"]) <= 4 and all(r["contribution"] > 0 and r["text"] for r in body["reasons"])
     credit = [f for f in body["features"] if f["view"] == "credit_history"]
     assert credit and all(f["as_of"] and f["status"] == "ok" for f in credit)
     # The applicant id never comes back in clear text.
@@ -151,7 +152,7 @@ def test_decision_is_made_recorded_with_the_client_name_and_readable_by_id(serve
     assert body["probability"] == pytest.approx(same.probability, abs=1e-9)
 
     row = pg.execute(
-        "SELECT username, inputs->>'dob_ssn', probability, decision FROM loan_desk_decisions WHERE id = %s",
+        "SELECT username, inputs->>'dob_ssn', probability, outcome FROM loan_desk_decisions WHERE id = %s",
         [body["id"]],
     ).fetchone()
     assert row == (f"api:{name}", application["dob_ssn"], pytest.approx(body["probability"]), body["outcome"])
@@ -279,15 +280,18 @@ def test_body_limits_and_malformed_bodies_are_json_errors(server, clients, appli
     assert "JSON object" in body["error"]
 
 
-def test_an_applicant_without_online_features_is_referred_not_decided(server, clients, application, pg):
+def test_an_applicant_without_online_features_is_referred_and_recorded(server, clients, application, pg):
     name = clients["names"]["los"]
     before = _count(pg, f"api:{name}")
     unknown = {**application, "dob_ssn": "19700101_0001", "person_age": age("19700101_0001")}
     status, _, body, text = server.call("POST", "/v1/decisions", unknown, token=clients["los"])
-    _assert_error(status, body, text, 409)
-    assert body["refer"] == "manual_underwriting" and body["missing"] == ["credit_history"]
-    assert "manual underwriting" in body["error"] and "19700101" not in text
-    assert _count(pg, f"api:{name}") == before
+    assert status == 201, text
+    assert body["outcome"] == "refer" and body["probability"] is None
+    assert body["refer_reasons"] == ["The applicant has no credit file in the online store"]
+    assert "19700101" not in text
+    assert _count(pg, f"api:{name}") == before + 1
+    status, _, rec, text = server.call("GET", f"/v1/decisions/{body['id']}", token=clients["los"])
+    assert status == 200 and rec["status"] == "pending" and rec["channel"] == "api", text
 
 
 def test_health_openapi_and_unknown_routes(server):
@@ -299,7 +303,7 @@ def test_health_openapi_and_unknown_routes(server):
     assert status == 200
     assert {"/v1/decisions", "/v1/decisions/{decision_id}", "/healthz"} <= set(schema["paths"])
     post = schema["paths"]["/v1/decisions"]["post"]
-    assert {"201", "401", "409", "413", "415", "422", "503"} <= set(post["responses"])
+    assert {"201", "401", "413", "415", "422", "503"} <= set(post["responses"])
     assert "zipcode" in post["requestBody"]["content"]["application/json"]["schema"]["properties"]
     assert "HTTPBearer" in schema["components"]["securitySchemes"]
     assert server.call("GET", "/docs")[0] == 200

@@ -3,6 +3,7 @@ holds one (booster, metadata) pair, refuses broken bundles and keeps the last go
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -17,9 +18,15 @@ import xgboost as xgb
 
 from model import bundles
 from model.bundles import BundleError, UnknownVersion, check_decisions, current_version, list_bundles, use
-from model.features import FEATURES
+from model.features import MODEL_FEATURES
 from model.inference import BundleInvalid, DecisionService, ModelUnavailable
+from model.policy import load_policy
 from tests.conftest import run_cli
+
+# The repository's policy with no promotion margins to meet: these tests are about bundles and pointers.
+ALWAYS_PROMOTE = dataclasses.replace(
+    load_policy(), promotion={"max_auc_drop": 1.0, "max_calibration_error_rise": 1.0, "max_group_ratio_drop": 1.0}
+)
 
 
 def _digest(folder: Path) -> dict[str, str]:
@@ -35,9 +42,9 @@ def trained(backbone, tmp_path_factory):
 
     s = backbone["settings"]
     root = tmp_path_factory.mktemp("models")
-    a = train(feature_store(s), s, out_dir=root)
+    a = train(feature_store(s), s, out_dir=root, policy=ALWAYS_PROMOTE)
     a_files = _digest(Path(a["written_to"]))
-    b = train(feature_store(s), s, out_dir=root, params={"max_depth": 2})
+    b = train(feature_store(s), s, out_dir=root, params={"max_depth": 2}, policy=ALWAYS_PROMOTE)
     return {"root": root, "a": a, "b": b, "a_files": a_files, "settings": s}
 
 
@@ -72,7 +79,7 @@ def test_each_train_publishes_a_new_bundle_and_moves_the_pointer(trained):
     folders = sorted(p.name for p in (root / bundles.BUNDLES).iterdir())
     assert folders == sorted([a["model_version"], b["model_version"]])
     meta = json.loads((Path(b["written_to"]) / bundles.META_FILE).read_text())
-    assert meta["features"] == list(FEATURES) and meta["model_version"] == b["model_version"]
+    assert meta["features"] == list(MODEL_FEATURES) and meta["model_version"] == b["model_version"]
     with pytest.raises(BundleError, match="never replaced"):
         bundles.write_bundle(b"{}", dict(meta), root)
 
@@ -160,24 +167,25 @@ def _other_booster(names: list[str]) -> bytes:
 @pytest.mark.parametrize(
     ("case", "reason"),
     [
-        ("metadata lists one feature fewer", "takes 22 features"),
+        ("metadata lists one feature fewer", f"takes {len(MODEL_FEATURES)} features"),
         ("booster with a renamed feature", "not in the list: income_renamed"),
-        ("booster and metadata agree, Loan Desk builds other features", "trained on other features"),
+        ("booster and metadata agree, Loan Desk builds other features", "columns this Loan Desk does not build: shoe"),
     ],
 )
 def test_a_bundle_whose_booster_does_not_match_its_metadata_is_refused(trained, root, app, case, reason):
     a = trained["a"]["model_version"]
     svc = DecisionService(settings=trained["settings"], model_dir=root)
     assert svc.decide(app).model_version == a
-    names = list(FEATURES)
+    names = list(MODEL_FEATURES)
     if case == "metadata lists one feature fewer":
         bad = _copy_bundle(root, a, "20990101-000002-fewer", features=names[:-1])
     elif case == "booster with a renamed feature":
         renamed = [("income_renamed" if n == "person_income" else n) for n in names]
         bad = _copy_bundle(root, a, "20990101-000003-renamed", raw=_other_booster(renamed))
     else:
-        bad = _copy_bundle(root, a, "20990101-000004-other", raw=_other_booster(names[:-1]), features=names[:-1])
-    assert len(names) == 22
+        other = [*names[:-1], "shoe_size"]
+        bad = _copy_bundle(root, a, "20990101-000004-other", raw=_other_booster(other), features=other)
+    assert len(names) == 17
     use(bad, root)
     d = svc.decide(app)
     assert d.model_version == a and d.threshold == trained["a"]["threshold"]
@@ -213,9 +221,11 @@ def test_every_decision_belongs_to_one_bundle_while_training_and_switching(train
     worker.start()
     try:
         time.sleep(0.2)
-        c = train(feature_store(s), s, out_dir=root, params={"max_depth": 6, "eta": 0.3})["model_version"]
+        c = train(feature_store(s), s, out_dir=root, params={"max_depth": 6, "eta": 0.3}, policy=ALWAYS_PROMOTE)
+        c = c["model_version"]
         time.sleep(0.2)
-        c2 = train(feature_store(s), s, out_dir=root, params={"max_depth": 3, "eta": 0.03})["model_version"]
+        c2 = train(feature_store(s), s, out_dir=root, params={"max_depth": 3, "eta": 0.03}, policy=ALWAYS_PROMOTE)
+        c2 = c2["model_version"]
         for i in range(30):  # rapid switches: loads race with decisions
             use((b, a, c)[i % 3], root)
             time.sleep(0.01)

@@ -41,7 +41,7 @@ def test_decisions_are_referred_until_materialize_and_train_have_run(scratch):
     from bootstrap.load import LoadRequest, load
     from feast_ext.materialize import materialize
     from feast_ext.store import apply, feature_store
-    from model.inference import DataReloaded, DecisionService
+    from model.inference import DecisionService
     from model.train import train
 
     s, model_dir = scratch
@@ -52,24 +52,24 @@ def test_decisions_are_referred_until_materialize_and_train_have_run(scratch):
     svc = DecisionService(settings=s, model_dir=model_dir)
     svc.DATA_STATE_TTL_S = 0  # read the state on every decision in this test
     app = _application(s)
-    assert svc.decide(app).decision in ("approve", "reject")
+    assert svc.decide(app).probability is not None
 
     env = {"PGDATABASE": s.pgdatabase, "LOAN_DESK_FEAST_PROJECT": s.project}
     out = run_cli("loan-desk", "load", "--applicants", "450", "--seed", "6", env=env)
     assert out.returncode == 0, out.stderr
     assert "next: `uv run loan-desk materialize` and `uv run loan-desk train`" in out.stderr
 
-    with pytest.raises(DataReloaded) as err:
-        svc.decide(app)  # the applicant of the old data, still in the old online store
-    assert err.value.steps == ["uv run loan-desk materialize", "uv run loan-desk train"]
-    assert "Refer the application to manual underwriting" in str(err.value)
-    assert app["dob_ssn"] not in str(err.value)
+    d = svc.decide(app)  # the applicant of the old data, still in the old online store
+    assert d.outcome == "refer" and d.probability is None
+    (why,) = d.refer_reasons
+    assert "`uv run loan-desk materialize` and `uv run loan-desk train` have run" in why
+    assert "Refer the application to manual underwriting" in why
+    assert app["dob_ssn"] not in why
 
     materialize(s, requested_by="t_reload")
-    with pytest.raises(DataReloaded) as err:
-        svc.decide(_application(s))
-    assert err.value.steps == ["uv run loan-desk train"]
+    d = svc.decide(_application(s))
+    assert d.outcome == "refer" and "until `uv run loan-desk train` has run" in d.refer_reasons[0]
 
     train(feature_store(s), s, out_dir=model_dir)
-    assert svc.decide(_application(s)).decision in ("approve", "reject")
+    assert svc.decide(_application(s)).probability is not None
     assert svc.outdated_by_reload() == []

@@ -18,7 +18,7 @@ def test_backbone_decides(backbone, pg):
         }
     )
     assert 0 < d.probability < 1
-    assert d.decision in ("approve", "reject")
+    assert d.outcome in ("approve", "refer", "decline")
     assert d.model_version == backbone["meta"]["model_version"]
 
 
