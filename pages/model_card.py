@@ -6,8 +6,9 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
+from model import bundles
 from model.inference import LABELS, DecisionService
-from pages._ui import require, show_error
+from pages._ui import guarded, require, show_error
 
 require()
 st.title(":material/fact_check: Model card")
@@ -26,14 +27,93 @@ st.markdown(
     f"**Version** `{meta.get('model_version', '?')}` · trained {meta.get('trained_at', '?')[:19].replace('T', ' ')} "
     f"UTC · feature service `{meta.get('feature_service', '?')}`"
 )
+
+
+def _fmt(v, spec: str) -> str:
+    return "—" if v is None else format(v, spec)
+
+
 cols = st.columns(6)
-cols[0].metric("Test AUC", f"{m['auc']:.3f}" if "auc" in m else "—")
-cols[1].metric("Bayes AUC", f"{m['bayes_auc']:.3f}" if "bayes_auc" in m else "—", help="AUC of the true risk")
-cols[2].metric("Brier score", f"{m['brier']:.3f}" if "brier" in m else "—")
-cols[3].metric("Accuracy at threshold", f"{m['accuracy_at_threshold']:.1%}" if "accuracy_at_threshold" in m else "—")
-cols[4].metric("Default rate (test)", f"{m['default_rate_test']:.1%}" if "default_rate_test" in m else "—")
-cols[5].metric("Approval rate (test)", f"{m['approval_rate_test']:.1%}" if "approval_rate_test" in m else "—")
-st.caption(f"Threshold {meta.get('threshold', '?')}: {meta.get('threshold_rule', '')}")
+cols[0].metric("Test AUC", _fmt(m.get("auc"), ".3f"))
+cols[1].metric("Bayes AUC", _fmt(m.get("bayes_auc"), ".3f"), help="AUC of the true risk (synthetic data only)")
+cols[2].metric("Calibration error", _fmt(m.get("calibration_error"), ".3f"), help="Σ share × |predicted − observed|")
+cols[3].metric("Default rate (test)", _fmt(m.get("default_rate_test"), ".1%"))
+cols[4].metric("Approved (test)", _fmt(m.get("approval_rate_test"), ".1%"), help="At the policy's cut-off")
+cols[5].metric("Bad rate of approved", _fmt(m.get("bad_rate_approved_test"), ".1%"))
+with guarded("The credit policy is unavailable"):
+    policy = service.policy()
+    cut = policy.cutoff(meta)
+    lo, hi = policy.band(cut)
+    st.caption(
+        f"Credit policy `{policy.label}`: cut-off {cut:.1%} ({policy.method.replace('_', ' ')}, picked on the "
+        f"policy slice); approve below {lo:.1%}, refer {lo:.1%}–{hi:.1%}, decline from {hi:.1%}. "
+        f"{meta.get('protocol', '')}"
+    )
+challenger = bundles.challenger_version()
+if challenger:
+    try:
+        cm = bundles.read_metadata(challenger).get("metrics", {})
+        st.info(
+            f"Challenger `{challenger}` scores every decision in the shadow (recorded, never the decision): "
+            f"test AUC {_fmt(cm.get('auc'), '.3f')}, calibration error {_fmt(cm.get('calibration_error'), '.3f')}. "
+            "`loan-desk models promote VERSION --reason …` makes it the champion.",
+            icon=":material/compare_arrows:",
+        )
+    except Exception as exc:  # a broken challenger is the model's problem, not the card's
+        show_error(exc, "The challenger cannot be described")
+
+st.subheader("Input policy")
+ip = meta.get("input_policy", {})
+if ip:
+    rows_ip = []
+    for key, label in (
+        ("default", "this model (no age, no area statistics)"),
+        ("with_age_and_area", "with age and area statistics"),
+    ):
+        r = ip.get(key)
+        if r:
+            rows_ip.append(
+                {
+                    "inputs": label,
+                    "features": r.get("features"),
+                    "test AUC": _fmt(r.get("auc"), ".4f"),
+                    "approved (test)": _fmt(r.get("approval_rate"), ".1%"),
+                    "lowest age-band approval ratio": _fmt(r.get("min_age_band_ratio"), ".2f"),
+                    "lowest state approval ratio": _fmt(r.get("min_state_ratio"), ".2f"),
+                }
+            )
+    st.dataframe(pd.DataFrame(rows_ip), hide_index=True)
+    st.caption(
+        "Age is not scored (Regulation B 1002.6(b)(2): no negative value for an applicant aged 62 or older); the "
+        "zipcode's area statistics are not scored (a neighbourhood, not the applicant: a redlining proxy). Both are "
+        "still recorded for monitoring. Excluded here: "
+        + ", ".join(f"`{f}`" for f in meta.get("excluded_inputs", []))
+        + ". Monotone constraints: "
+        + ", ".join(
+            f"{LABELS.get(f, f.replace('_', ' '))} {'↑' if d > 0 else '↓'}"
+            for f, d in meta.get("monotone_constraints", {}).items()
+        )
+        + " (↑ risk rises with it)."
+    )
+by_age = m.get("by_age_band")
+if by_age:
+    st.markdown("**Approval by age band at the cut-off (test slice)**")
+    st.dataframe(
+        pd.DataFrame(
+            [
+                {
+                    "age band": r["group"],
+                    "applications": r["n"],
+                    "approval rate": f"{r['rate']:.1%}",
+                    "ratio to the most-approved band": "—" if r["ratio"] is None else f"{r['ratio']:.2f}",
+                    "95% interval": "—" if r["ratio"] is None else f"{r['ratio_low']:.2f}–{r['ratio_high']:.2f}",
+                    "flag (< 0.8)": "FLAG" if r["flag"] else "",
+                }
+                for r in by_age
+            ]
+        ),
+        hide_index=True,
+    )
 
 left, right = st.columns(2, gap="large")
 with left:
@@ -57,13 +137,13 @@ with left:
             )
         )
         fig.update_layout(
-            title="Calibration on the test period",
+            title="Calibration on the test period (the fit-only model)",
             xaxis_title="mean predicted probability of default",
             yaxis_title="observed default rate",
             height=430,
             margin={"l": 10, "r": 10, "t": 50, "b": 10},
         )
-        st.plotly_chart(fig, key="ld_calibration")
+        st.plotly_chart(fig, key="ld_calibration", config={"displayModeBar": False})
 with right:
     gain = meta.get("feature_importance_gain", {})
     if gain:
@@ -74,7 +154,7 @@ with right:
         fig.update_layout(
             title="Feature importance (average gain)", height=560, margin={"l": 10, "r": 10, "t": 50, "b": 10}
         )
-        st.plotly_chart(fig, key="ld_importance")
+        st.plotly_chart(fig, key="ld_importance", config={"displayModeBar": False})
 
 st.subheader("Training window")
 w = meta.get("training_window", {})
@@ -83,16 +163,22 @@ st.dataframe(
     pd.DataFrame(
         [
             {
-                "slice": "train + validation",
+                "slice": "fit + validation + policy slice",
                 "from": w.get("train_start"),
                 "to": w.get("train_end"),
-                "loans": rows.get("train", 0) + rows.get("validation", 0),
+                "loans": sum(rows.get(k, 0) for k in ("train", "fit", "validation", "policy")),
             },
             {
                 "slice": "test (later in time)",
                 "from": w.get("test_start"),
                 "to": w.get("test_end"),
                 "loans": rows.get("test"),
+            },
+            {
+                "slice": "release (refitted on all labelled loans)",
+                "from": w.get("train_start"),
+                "to": w.get("test_end"),
+                "loans": rows.get("release"),
             },
         ]
     ),
