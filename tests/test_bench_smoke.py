@@ -16,7 +16,7 @@ import pytest
 
 from tests.conftest import BENCH_BIG, BENCH_SMALL, NAMES, ROOT
 
-QUICK = ("decision", "materialize", "training", "load", "operations", "api", "cluster")
+QUICK = ("decision", "materialize", "training", "load", "operations", "api", "cluster", "policy")
 FIGURE = {
     "decision": "decision_p50_ms",
     "materialize": "materialize_vs_floor_600",
@@ -25,6 +25,7 @@ FIGURE = {
     "api": "api_p50_ms_c1",
     "operations": "operations_decisions",
     "cluster": "cluster_p50_ms",
+    "policy": "policy_simulate_s_median",
 }
 
 
