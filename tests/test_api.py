@@ -59,7 +59,7 @@ class Server:
 
     def call(self, method: str, path: str, body=None, token: str | None = None, headers: dict | None = None):
         """(status, headers, parsed JSON or None, raw text) of one request on a new connection."""
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=120)  # a busy machine warms slowly
         try:
             h = dict(headers or {})
             if token:
