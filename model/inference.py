@@ -592,7 +592,7 @@ class DecisionService:
         policy = self.policy()
         model = self.bundle()  # booster, metadata and version of one bundle, for this whole decision
         warnings = [str(w) for w in (self._refused, self._policy_source.problem) if w is not None]
-        needed = {v for v, names in _VIEW_FEATURES.items() if any(f in model.metadata["features"] for f in names)}
+        needed = _needed_views(model)
         if steps := self.outdated_by_reload(model):
             reloaded = DataReloaded(self.data_state(), steps)
             return self._referred(app, [], model, policy, [str(reloaded)], warnings, t0)
@@ -666,6 +666,17 @@ class DecisionService:
         )
 
 
+def _needed_views(model: Bundle) -> frozenset[str]:
+    """The feature views whose rows the bundle's model scores (without them: refer)."""
+    got = _NEEDED.get(model.version)
+    if got is None:
+        scored = set(model.metadata["features"])
+        got = frozenset(v for v, names in _VIEW_FEATURES.items() if scored & set(names))
+        _NEEDED[model.version] = got
+    return got
+
+
+_NEEDED: dict[str, frozenset[str]] = {}
 _VIEW_FEATURES = {
     "credit_history": (*F.CREDIT_FEATURES, "total_debt_due"),
     "zipcode_features": (*F.ZIPCODE_FEATURES, "avg_wage_zip"),
