@@ -210,9 +210,11 @@ def test_officer_cannot_open_materialize_by_url(app_url, page):
 def test_model_card(app_url, page):
     page.goto(f"{app_url}/model_card")
     _login(page, OFFICER)
-    _expect_text(page, "Calibration on the test period")
-    _expect_text(page, "Feature importance")
-    _expect_text(page, "Training window")
+    _expect_text(page, "Input policy", 60_000)
+    _expect_text(page, "with age and area statistics")
+    page.get_by_text("Training window").first.scroll_into_view_if_needed(timeout=60_000)
+    _expect_text(page, "Calibration on the test period", 90_000)
+    _expect_text(page, "Feature importance", 90_000)
     _shot(page, "model_card")
     _no_traceback(page)
 
