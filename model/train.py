@@ -23,7 +23,7 @@ import psycopg
 import xgboost as xgb
 from sklearn.metrics import accuracy_score, brier_score_loss, roc_auc_score
 
-from model import bundles
+from model import bundles, comparisons
 from model.bundles import current_metadata  # noqa: F401  (callers import it from here too)
 from model.features import FEATURE_SERVICE, FEATURES, frame_matrix
 from runtime.settings import Settings, model_dir
@@ -133,6 +133,16 @@ def train(
     _say(f"training set: {len(df):,} loans x {len(FEATURES)} features, point-in-time join {pit_s:.2f} s")
     X = frame_matrix(df)
     y = df["loan_status"].to_numpy().astype(np.int32)
+    # --- data that teaches (issue #10 item 8, model/comparisons.py): columns left out -------------
+    # A left-out column is all NaN, so no tree splits on it: its contribution is 0 and the booster
+    # keeps the column list inference builds.
+    dataset = _dataset_info(settings)
+    left_out = comparisons.excluded_features(dataset)
+    for name in left_out:
+        X[:, FEATURES.index(name)] = np.nan
+    if left_out:
+        _say(f"left out of the model: {', '.join(sorted(left_out))} (the credit file was synthesized)")
+    # --- end data that teaches ------------------------------------------------------------------
     n_test = max(1, int(len(df) * TEST_SHARE))
     n_train = len(df) - n_test
     n_valid = max(1, int(n_train * 0.15))
@@ -165,6 +175,13 @@ def train(
     if not np.isnan(truth).any() and len(set(y_test)) > 1:
         metrics["bayes_auc"] = float(roc_auc_score(y_test, truth))
     missing_credit = float(df["credit_card_due"].isna().mean())
+    # --- data that teaches (issue #10 item 8): the comparisons the model card shows ---------------
+    t_cmp = time.perf_counter()
+    compared = comparisons.comparisons(
+        settings, df, X, y, np.arange(n_train), np.arange(n_train, len(df)), FEATURES, params, dataset_info=dataset
+    )
+    _say(f"comparisons (leak, linear baseline, random split): {time.perf_counter() - t_cmp:.1f} s")
+    # --- end data that teaches ------------------------------------------------------------------
 
     raw = booster.save_raw("json")
     model_version = datetime.now(UTC).strftime("%Y%m%d-%H%M%S") + "-" + hashlib.sha256(raw).hexdigest()[:8]
@@ -193,7 +210,8 @@ def train(
         "point_in_time_join_seconds": pit_s,
         "boost_rounds": int(booster.num_boosted_rounds()),
         "params": params,
-        "dataset": _dataset_info(settings),
+        "dataset": dataset,
+        "comparisons": compared,  # data that teaches (issue #10 item 8)
         "versions": {p: version(p) for p in ("feast", "xgboost-cpu", "pandas", "numpy", "scikit-learn") if _has(p)},
     }
     bundle = bundles.publish(raw, meta, out_dir)
