@@ -182,6 +182,7 @@ def comparisons(
     matrix: Callable[[pd.DataFrame], np.ndarray] | None = None,
     all_features: Sequence[str] | None = None,
     rounds: int = 600,
+    booster=None,
 ) -> dict:
     """Compare the model's way of training with the alternatives on the same rows.
 
@@ -191,8 +192,10 @@ def comparisons(
     XGBoost parameters.  ``matrix`` builds the full feature matrix of a frame (columns
     ``all_features``; default model.features' ``frame_matrix`` and ``FEATURES``): it turns the
     "latest" frame into features, and gives the columns the model leaves out.
-    ``dataset_info`` is the loaded data's ``loan_desk_dataset.info``.  Returns plain numbers
-    (AUCs rounded to 4 places) and sentences."""
+    ``dataset_info`` is the loaded data's ``loan_desk_dataset.info``.  ``booster``, when given,
+    is the model already trained this way on ``X[fit_idx]`` (early stopping on their last 15%):
+    it is reused instead of fitted again.  Returns plain numbers (AUCs rounded to 4 places) and
+    sentences."""
     if matrix is None or all_features is None:
         from model.features import FEATURES, frame_matrix
 
@@ -211,7 +214,10 @@ def comparisons(
     }
 
     # The model's own recipe on the temporal split, and the linear baseline on the same rows.
-    booster, valid = _fit(X, y, fit_idx, params, rounds)
+    if booster is None:
+        booster, valid = _fit(X, y, fit_idx, params, rounds)
+    else:
+        valid = fit_idx[-max(1, int(len(fit_idx) * VALID_SHARE)) :]
     pit_test = _auc(y_test, _predict(booster, X[test_idx]))
     out["baseline"] = {
         "xgboost_auc": pit_test,

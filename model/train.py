@@ -178,7 +178,16 @@ def train(
     # --- data that teaches (issue #10 item 8): the comparisons the model card shows ---------------
     t_cmp = time.perf_counter()
     compared = comparisons.comparisons(
-        settings, df, X, y, np.arange(n_train), np.arange(n_train, len(df)), FEATURES, params, dataset_info=dataset
+        settings,
+        df,
+        X,
+        y,
+        np.arange(n_train),
+        np.arange(n_train, len(df)),
+        FEATURES,
+        params,
+        dataset_info=dataset,
+        booster=booster,
     )
     _say(f"comparisons (leak, linear baseline, random split): {time.perf_counter() - t_cmp:.1f} s")
     # --- end data that teaches ------------------------------------------------------------------
