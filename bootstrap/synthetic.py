@@ -9,10 +9,20 @@ The label is drawn from a known risk function of the features *as of the loan da
 (``risk_logit``) and its probability is kept (``true_default_prob``), so a trained model can
 be compared with the best possible (Bayes) AUC.
 
+Then the future happens: a defaulting loan goes bad 3 weeks to 8 months after it was made
+(``default_dates``), and every snapshot dated after that shows it (``damage_after_default``:
+more missed payments, higher card dues, more hard pulls, a bankruptcy for a quarter of them a
+quarter later).  A model trained on each applicant's *latest* snapshot learns from that
+aftermath: it looks better on a validation set built the same way and worse on the file as it
+stood at application time -- which is what production sees.
+
 Risk function (log-odds of default):
     b0                                       intercept, set so about 22% of loans default
-  + 2.8  * (loan_amnt / person_income - 0.15)
-  + 0.16 * (loan_int_rate - 11)
+  + 0.4  * (lti - 0.15)                      lti = loan_amnt / person_income
+  + 4.5  * max(lti - 0.20, 0) * (1 + 5 * [person_emp_length < 2]) * (1 + 2 * [RENT])
+                                             an interaction: a stretched loan is a much bigger
+                                             risk on a short job, and for a renter
+  + 0.10 * (loan_int_rate - 11) + 1.0 * [loan_int_rate >= 16]   a pricing tier
   + 0.55 * missed_payments_6m + 0.30 * missed_payments_1y + 0.12 * missed_payments_2y
   + 0.90 * bankruptcies + 0.07 * hard_pulls
   + 0.00004 * (credit_card_due - 2000)
@@ -21,6 +31,9 @@ Risk function (log-odds of default):
                  PERSONAL 0, EDUCATION -0.10, VENTURE -0.25
   - 0.04 * min(person_emp_length, 15)
   - 0.35 * ln(average wage in the zipcode / 50,000)
+Risk rises with the loan-to-income ratio, the rate and every count of trouble, and falls with
+the length of employment, whatever the other inputs (monotone), but not additively: a logistic
+regression cannot express the interaction or the steps, gradient-boosted trees can.
 """
 
 from __future__ import annotations
