@@ -285,7 +285,7 @@ def _leak(settings, df, X, y, fit_idx, test_idx, features, params, rounds, matri
     after = (late["latest_credit_timestamp"] > df["event_timestamp"]).to_numpy()
     return {
         "how": (
-            "latest: each applicant's newest credit snapshot in the offline table whatever its date "
+            "each applicant's newest credit snapshot in the offline table, whatever its date "
             "(SQL on credit_history), instead of the one on file at the loan's time"
         ),
         "latest": {

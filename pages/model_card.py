@@ -146,26 +146,26 @@ def comparisons_section(meta: dict) -> None:
             fig.add_trace(
                 go.Bar(
                     name=name,
-                    x=["validation: what its author sees", "point-in-time test: what production sees"],
+                    x=["validation<br>(what its author sees)", "point-in-time test<br>(what production sees)"],
                     y=[vals.get("validation_auc"), vals.get("test_auc")],
                     marker_color=color,
                     text=[_auc(vals.get("validation_auc")), _auc(vals.get("test_auc"))],
                     textposition="outside",
                 )
             )
+        st.markdown("**The leak:** trained on each applicant's latest credit file, or on the file as of the loan")
         fig.update_layout(
-            title="The leak: trained on each applicant's latest credit file vs the file as of the loan",
             yaxis={"title": "AUC", "range": [0.5, 1.0]},
+            xaxis={"tickangle": 0},
             barmode="group",
             height=380,
-            margin={"l": 10, "r": 10, "t": 50, "b": 10},
-            legend={"orientation": "h", "y": -0.15},
+            margin={"l": 10, "r": 10, "t": 10, "b": 10},
+            legend={"orientation": "h", "y": 1.12, "x": 0},
         )
         st.plotly_chart(fig, key="ld_leak")
         st.caption(
-            "The latest snapshot is dated after the loan for "
-            f"{leak.get('share_latest_after_loan', 0):.0%} of the training loans; what happened after a "
-            "default is on it. " + plain(leak.get("how", ""))
+            f"“Latest” here: {plain(leak.get('how', ''))}. That snapshot is dated after the loan for "
+            f"{leak.get('share_latest_after_loan', 0):.0%} of the training loans, so what followed a default is on it."
         )
     elif leak.get("skipped") or leak.get("error"):
         st.caption(plain(leak.get("skipped") or leak.get("error")))

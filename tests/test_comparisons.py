@@ -18,7 +18,7 @@ from bootstrap import synthetic
 from bootstrap.load import LoadRequest, load
 from bootstrap.services import ensure_database
 from runtime.schema import CREDIT_FEATURES
-from tests.conftest import NAMES, TUTORIAL_DIR, claim_database, drop_database
+from tests.conftest import NAMES, TUTORIAL_DIR, claim_database
 
 AS_OF = datetime(2026, 6, 1, tzinfo=UTC)
 APPLICANTS = 12_000
@@ -81,18 +81,15 @@ def test_the_label_comes_from_the_file_as_of_the_loan():
 # --- the comparisons on a loaded database ---------------------------------------------------------
 @pytest.fixture(scope="module")
 def teach(settings):
+    """Kept between runs like the session's database (``--drop-test-data`` drops it)."""
     from feast_ext.store import apply, feature_store
 
     s = dataclasses.replace(settings, pgdatabase=NAMES.teach_db, project=NAMES.project_for("teach"))
-    claim_database(settings, s.pgdatabase, fresh=True)
+    claim_database(settings, s.pgdatabase)
     ensure_database(s)
-    load(s, LoadRequest(applicants=APPLICANTS, seed=42, as_of=AS_OF))
+    load(s, LoadRequest(applicants=APPLICANTS, seed=42, as_of=AS_OF))  # a no-op when a run left it there
     apply(s)
-    yield s, feature_store(s)
-    from runtime import db
-
-    db.close_pools()
-    drop_database(settings, s.pgdatabase)
+    return s, feature_store(s)
 
 
 def _inputs(store):
