@@ -162,6 +162,7 @@ def read_tutorial(data_dir: Path, seed: int, as_of: datetime | None = None) -> t
         f"moved every timestamp forward by {shift.days} days so the newest loan falls on "
         f"{as_of.date()} (order and point-in-time relations are unchanged)"
     )
+    notes.append(_file_order_note(loans))
     credit_path = data_dir / "credit_history.parquet"
     if credit_path.is_file():
         credit = pd.read_parquet(credit_path)
@@ -189,6 +190,33 @@ def read_tutorial(data_dir: Path, seed: int, as_of: datetime | None = None) -> t
         frame["created_timestamp"] += shift
     loans = loans.assign(true_default_prob=np.nan)
     return synthetic.Dataset(loans=loans, credit_history=credit, zipcodes=zips), notes
+
+
+def _file_order_note(loans: pd.DataFrame) -> str:
+    """What the loan table's timestamps are: measured, since a temporal split rests on them."""
+    ts = loans["event_timestamp"]
+    step = ts.diff().dropna().dt.total_seconds()
+    if len(step) and (step < 0).all():
+        order = "fall row by row in file order (the first row is the newest)"
+    elif len(step) and (step > 0).all():
+        order = "rise row by row in file order"
+    else:
+        order = "do not follow file order"
+    even = len(step) > 1 and float(step.abs().std()) < 1.0
+    spacing = f", evenly {abs(float(step.mean())) / 60:.1f} minutes apart" if even else ""
+    fifth = pd.qcut(ts.rank(method="first"), 5, labels=False)
+    ages = loans.groupby(fifth)["person_age"].mean()
+    drift = abs(ages.iloc[0] - ages.iloc[-1]) >= 3
+    return (
+        f"timestamps in loan_table.parquet {order}{spacing}"
+        + (
+            ": they record the file's row order, not when loans were made"
+            if order != "do not follow file order"
+            else ""
+        )
+        + f"; mean age is {ages.iloc[0]:.0f} in the oldest fifth by timestamp and {ages.iloc[-1]:.0f} in the newest"
+        + (", so a split by time is also a split by age" if drift else "")
+    )
 
 
 # --- writing --------------------------------------------------------------------------------

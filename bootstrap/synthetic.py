@@ -9,10 +9,20 @@ The label is drawn from a known risk function of the features *as of the loan da
 (``risk_logit``) and its probability is kept (``true_default_prob``), so a trained model can
 be compared with the best possible (Bayes) AUC.
 
+Then the future happens: a defaulting loan goes bad 3 weeks to 8 months after it was made
+(``default_dates``), and every snapshot dated after that shows it (``damage_after_default``:
+more missed payments, higher card dues, more hard pulls, a bankruptcy for a quarter of them a
+quarter later).  A model trained on each applicant's *latest* snapshot learns from that
+aftermath: it looks better on a validation set built the same way and worse on the file as it
+stood at application time -- which is what production sees.
+
 Risk function (log-odds of default):
     b0                                       intercept, set so about 22% of loans default
-  + 2.8  * (loan_amnt / person_income - 0.15)
-  + 0.16 * (loan_int_rate - 11)
+  + 0.4  * (lti - 0.15)                      lti = loan_amnt / person_income
+  + 4.5  * max(lti - 0.20, 0) * (1 + 5 * [person_emp_length < 2]) * (1 + 2 * [RENT])
+                                             an interaction: a stretched loan is a much bigger
+                                             risk on a short job, and for a renter
+  + 0.10 * (loan_int_rate - 11) + 1.0 * [loan_int_rate >= 16]   a pricing tier
   + 0.55 * missed_payments_6m + 0.30 * missed_payments_1y + 0.12 * missed_payments_2y
   + 0.90 * bankruptcies + 0.07 * hard_pulls
   + 0.00004 * (credit_card_due - 2000)
@@ -21,6 +31,9 @@ Risk function (log-odds of default):
                  PERSONAL 0, EDUCATION -0.10, VENTURE -0.25
   - 0.04 * min(person_emp_length, 15)
   - 0.35 * ln(average wage in the zipcode / 50,000)
+Risk rises with the loan-to-income ratio, the rate and every count of trouble, and falls with
+the length of employment, whatever the other inputs (monotone), but not additively: a logistic
+regression cannot express the interaction or the steps, gradient-boosted trees can.
 """
 
 from __future__ import annotations
@@ -55,6 +68,15 @@ TARGET_DEFAULT_RATE = 0.22
 SNAPSHOTS = 8
 SNAPSHOT_EVERY_DAYS = 91
 CREDIT_COLUMNS = CREDIT_FEATURES
+# The interaction in risk_logit: loan-to-income above the knee weighs (1 + these) times more for
+# a short job and for a renter.
+LTI_KNEE = 0.20
+STRETCH_SLOPE = 4.5
+SHORT_JOB_YEARS = 2
+SHORT_JOB_WEIGHT = 5.0
+RENTER_WEIGHT = 2.0
+HIGH_RATE = 16.0  # a pricing tier: loans priced at or above it carry a step of extra risk
+HIGH_RATE_STEP = 1.0
 
 
 @dataclass
@@ -124,13 +146,24 @@ def credit_snapshots(
     mortgage_holder: np.ndarray,
     as_of: datetime,
     risk0: np.ndarray | None = None,
-) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+) -> tuple[pd.DataFrame, np.ndarray, dict[str, np.ndarray]]:
     """Eight snapshots per applicant, oldest first.
 
-    Returns the long frame plus the snapshot times (n, SNAPSHOTS) and latent risks, so callers
-    can read the file as of any date without a join.
+    Returns the long frame plus the snapshot times (n, SNAPSHOTS) and the columns (each
+    (n, SNAPSHOTS)), so callers can read the file as of any date without a join.
     """
-    n = len(dob_ssn)
+    times, cols = credit_arrays(rng, len(dob_ssn), mortgage_holder, as_of, risk0)
+    return snapshot_frame(dob_ssn, times, cols), times, cols
+
+
+def credit_arrays(
+    rng: np.random.Generator,
+    n: int,
+    mortgage_holder: np.ndarray,
+    as_of: datetime,
+    risk0: np.ndarray | None = None,
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Snapshot times (n, SNAPSHOTS) and credit columns (n, SNAPSHOTS each), oldest first."""
     base = np.datetime64(as_of.replace(tzinfo=None), "s")
     offset_s = rng.integers(0, 28 * 86400, n)
     steps = np.arange(SNAPSHOTS - 1, -1, -1) * SNAPSHOT_EVERY_DAYS * 86400
@@ -163,15 +196,61 @@ def credit_snapshots(
         cols["missed_payments_1y"][:, k] = m1
         cols["missed_payments_2y"][:, k] = m1 + np.clip(rng.poisson(np.exp(-1.6 + 0.7 * r)), 0, 4)
         cols["bankruptcies"][:, k] = np.where(bankrupt_from <= k, bankrupt, 0)
+    return times, cols
 
+
+def snapshot_frame(dob_ssn: np.ndarray, times: np.ndarray, cols: dict[str, np.ndarray]) -> pd.DataFrame:
+    """The long credit_history frame (one row per applicant and snapshot) of ``credit_arrays``."""
     ts = pd.to_datetime(times.ravel()).tz_localize(UTC)
-    frame = pd.DataFrame({"dob_ssn": np.repeat(dob_ssn, SNAPSHOTS)})
+    frame = pd.DataFrame({"dob_ssn": np.repeat(dob_ssn, times.shape[1])})
     for c in CREDIT_COLUMNS:
         frame[c] = cols[c].ravel()
     frame["event_timestamp"] = ts
     # The bureau delivers each snapshot a day after it is taken.
     frame["created_timestamp"] = ts + pd.Timedelta(1, unit="D")
-    return frame, times, cols
+    return frame
+
+
+def default_dates(rng: np.random.Generator, loan_time: np.ndarray) -> np.ndarray:
+    """When a defaulting loan goes bad: the first missed instalment, 3 weeks to 8 months after the
+    loan (2 to 3 months typically)."""
+    days = np.clip(20 + rng.gamma(2.0, 25.0, len(loan_time)), 20, 240)
+    return loan_time + (days * 86400).astype("timedelta64[s]")
+
+
+def damage_after_default(
+    rng: np.random.Generator, times: np.ndarray, cols: dict[str, np.ndarray], defaulted: np.ndarray, when: np.ndarray
+) -> np.ndarray:
+    """Worsen, in place, every snapshot dated after a default: the bureau sees what followed it.
+
+    Missed payments rise (and stay on the 6-month count for two quarters), card dues rise,
+    collectors and new lenders pull the file, and some defaulters file for bankruptcy a few
+    months later.  Returns the (n, SNAPSHOTS) mask of snapshots that changed.  The label does
+    not depend on any of this (it is drawn from the file as of the loan date), so only a
+    training set that reads snapshots dated after the loan -- "latest" features -- sees it.
+    """
+    n = len(defaulted)
+    after = defaulted[:, None] & (times > when[:, None])
+    age_days = (times - when[:, None]).astype("timedelta64[D]").astype(np.int64)
+    recent = after & (age_days <= 183)
+    missed = 1 + rng.poisson(1.2, n)
+    bankrupt_later = rng.random(n) < 0.25
+    card_factor = 1.5 + rng.random(n)
+    pulls = 1 + rng.poisson(1.5, n)
+    m6, m1, m2 = cols["missed_payments_6m"], cols["missed_payments_1y"], cols["missed_payments_2y"]
+    add6 = np.where(recent, missed[:, None], 0)
+    add1 = np.where(after & (age_days <= 365), missed[:, None] + 1, 0)
+    add2 = np.where(after, missed[:, None] + 2, 0)
+    m6 += add6
+    m1[:] = np.maximum(m1 + add1, m6)
+    m2[:] = np.maximum(m2 + add2, m1)
+    cols["credit_card_due"][:] = np.where(
+        after, np.minimum(cols["credit_card_due"] * card_factor[:, None], 25000), cols["credit_card_due"]
+    )
+    cols["hard_pulls"][:] = np.where(after, np.minimum(cols["hard_pulls"] + pulls[:, None], 10), cols["hard_pulls"])
+    filed = after & bankrupt_later[:, None] & (age_days > 90)
+    cols["bankruptcies"][:] = np.where(filed, cols["bankruptcies"] + 1, cols["bankruptcies"])
+    return after
 
 
 def as_of_index(times: np.ndarray, when: np.ndarray) -> np.ndarray:
@@ -180,9 +259,18 @@ def as_of_index(times: np.ndarray, when: np.ndarray) -> np.ndarray:
 
 
 def risk_logit(app: pd.DataFrame, credit_at: dict[str, np.ndarray], avg_wage: np.ndarray) -> np.ndarray:
+    """Log-odds of default (before the intercept) from the application and the file at the loan date."""
+    lti = app["loan_amnt"].to_numpy() / app["person_income"].to_numpy()
+    emp = app["person_emp_length"].to_numpy()
+    renter = (app["person_home_ownership"].to_numpy() == "RENT").astype(float)
+    rate = app["loan_int_rate"].to_numpy()
+    stretch = np.maximum(lti - LTI_KNEE, 0)
+    weight = (1 + SHORT_JOB_WEIGHT * (emp < SHORT_JOB_YEARS)) * (1 + RENTER_WEIGHT * renter)
     z = (
-        2.8 * (app["loan_amnt"].to_numpy() / app["person_income"].to_numpy() - 0.15)
-        + 0.16 * (app["loan_int_rate"].to_numpy() - 11)
+        0.4 * (lti - 0.15)
+        + STRETCH_SLOPE * stretch * weight
+        + 0.10 * (rate - 11)
+        + HIGH_RATE_STEP * (rate >= HIGH_RATE)
         + 0.55 * credit_at["missed_payments_6m"]
         + 0.30 * credit_at["missed_payments_1y"]
         + 0.12 * credit_at["missed_payments_2y"]
@@ -191,7 +279,7 @@ def risk_logit(app: pd.DataFrame, credit_at: dict[str, np.ndarray], avg_wage: np
         + 0.00004 * (credit_at["credit_card_due"] - 2000)
         + app["person_home_ownership"].map(OWNERSHIP_EFFECT).to_numpy()
         + app["loan_intent"].map(INTENT_EFFECT).to_numpy()
-        - 0.04 * np.minimum(app["person_emp_length"].to_numpy(), 15)
+        - 0.04 * np.minimum(emp, 15)
         - 0.35 * np.log(avg_wage / 50000)
     )
     return z
@@ -222,7 +310,7 @@ def generate(applicants: int, seed: int = 42, as_of: datetime | None = None) -> 
     dob_ssn = unique_dob_ssn(rng, dob)
     zip_idx = rng.integers(0, len(latest_zip), n)
     ownership = rng.choice(np.array(HOME_OWNERSHIP), size=n, p=[0.50, 0.41, 0.08, 0.01])
-    credit, times, cols = credit_snapshots(rng, dob_ssn, ownership == "MORTGAGE", as_of)
+    times, cols = credit_arrays(rng, n, ownership == "MORTGAGE", as_of)
 
     loan_offset = rng.integers(86400, 365 * 86400, n).astype("timedelta64[s]")
     loan_time = np.datetime64(as_of.replace(tzinfo=None), "s") - loan_offset
@@ -254,6 +342,9 @@ def generate(applicants: int, seed: int = 42, as_of: datetime | None = None) -> 
     prob = calibrated_probability(risk_logit(app, credit_at, wage))
     app["loan_status"] = (rng.random(n) < prob).astype(np.int32)
     app["true_default_prob"] = prob
+    # Only now, the label drawn, does the future happen: a default shows on the later snapshots.
+    damage_after_default(rng, times, cols, app["loan_status"].to_numpy() == 1, default_dates(rng, loan_time))
+    credit = snapshot_frame(dob_ssn, times, cols)
     ts = pd.to_datetime(loan_time).tz_localize(UTC)
     app["event_timestamp"] = ts
     app["created_timestamp"] = ts

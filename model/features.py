@@ -126,18 +126,11 @@ def frame_matrix(df) -> np.ndarray:
     return out
 
 
-def synthesized_credit(dataset: dict | None) -> bool:
-    """True when the loaded data's credit history was synthesized (the tutorial import without
-    a credit_history.parquet): such columns carry no signal and stay out of the model."""
-    if not dataset or dataset.get("source") != "tutorial":
-        return False
-    return any("synthesized" in str(n) for n in dataset.get("notes", []))
-
-
 def model_features(dataset: dict | None = None, with_age_and_area: bool = False) -> tuple[str, ...]:
     """The columns a model is trained on: MODEL_FEATURES (or every column, for the model card's
     comparison), less the credit columns when the data synthesized them."""
+    from model.comparisons import excluded_features
+
     chosen = FEATURES if with_age_and_area else MODEL_FEATURES
-    if synthesized_credit(dataset):
-        chosen = tuple(f for f in chosen if f not in (*CREDIT_FEATURES, "total_debt_due"))
-    return chosen
+    left_out = excluded_features(dataset)
+    return tuple(f for f in chosen if f not in left_out)

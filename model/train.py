@@ -23,7 +23,7 @@ import psycopg
 import xgboost as xgb
 from sklearn.metrics import accuracy_score, brier_score_loss, roc_auc_score
 
-from model import bundles, groups
+from model import bundles, comparisons, groups
 from model import features as F
 from model.bundles import current_metadata  # noqa: F401  (callers import it from here too)
 from model.features import FEATURE_SERVICE, FEATURES, frame_matrix
@@ -245,6 +245,24 @@ def train(
             "by_age_band": h2["by_age_band"],
         }
 
+    # What the data teaches (model/comparisons.py): the leak of "latest" features, the linear
+    # baseline and a random split, on the fit + validation rows and the test slice.
+    compared = None
+    if compare_inputs:
+        t_cmp = time.perf_counter()
+        compared = comparisons.comparisons(
+            settings,
+            df,
+            X[:, cols],
+            y,
+            np.arange(n_fit + n_valid),
+            np.arange(n_rest, n),
+            features,
+            {**params, "monotone_constraints": F.monotone_constraints(features)},
+            dataset_info=dataset,
+        )
+        _say(f"comparisons (leak, linear baseline, random split): {time.perf_counter() - t_cmp:.1f} s")
+
     # The release: the same rounds, refitted on every labelled loan.
     dall = xgb.DMatrix(X[:, cols], label=y, feature_names=list(features))
     release = xgb.train(
@@ -291,6 +309,7 @@ def train(
         "boost_rounds": best_rounds,
         "params": params,
         "dataset": dataset,
+        "comparisons": compared,
         "versions": {p: version(p) for p in ("feast", "xgboost-cpu", "pandas", "numpy", "scikit-learn") if _has(p)},
     }
     bundles.write_bundle(raw, meta, out_dir)

@@ -8,7 +8,7 @@ import streamlit as st
 
 from model import bundles
 from model.inference import LABELS, DecisionService
-from pages._ui import guarded, require, show_error
+from pages._ui import guarded, plain, require, show_error
 
 require()
 st.title(":material/fact_check: Model card")
@@ -184,5 +184,81 @@ st.dataframe(
     ),
     hide_index=True,
 )
+
+
+# --- data that teaches (issue #10 item 8): metadata["comparisons"], written by model/comparisons.py ---
+def _auc(v) -> str:
+    return f"{v:.3f}" if isinstance(v, int | float) else "—"
+
+
+def comparisons_section(meta: dict) -> None:
+    cmp = meta.get("comparisons")
+    if not cmp:
+        return
+    st.subheader("What the data teaches")
+    notes = (meta.get("dataset") or {}).get("notes") or []
+    order = [n for n in notes if "file order" in n]
+    split = (
+        "Test split: the latest loans by timestamp. "
+        + (f"For this data the timestamps are not dates: {plain(order[0])}. " if order else "")
+        + f"Random split beside it: {plain(cmp.get('random_split', {}).get('how', ''))}."
+    )
+    cols = st.columns(4)
+    rs, base = cmp.get("random_split", {}), cmp.get("baseline", {})
+    cols[0].metric("AUC, temporal split", _auc(rs.get("temporal_auc")))
+    cols[1].metric("AUC, random split", _auc(rs.get("auc")))
+    cols[2].metric("XGBoost", _auc(base.get("xgboost_auc")), help="test AUC, temporal split")
+    cols[3].metric(
+        "Logistic regression",
+        _auc(base.get("logistic_regression_auc")),
+        help=plain(base.get("logistic_regression", "")),
+    )
+    st.caption(split)
+    left = cmp.get("left_out")
+    if left:
+        st.markdown(
+            f"**Left out of this model:** {plain(', '.join(left.get('features', [])))} — {plain(left.get('why', ''))}. "
+            f"With them: temporal AUC {_auc(left.get('temporal_auc_with_them'))}, "
+            f"random split {_auc(left.get('random_split_auc_with_them'))}."
+        )
+    leak = cmp.get("leak", {})
+    if "latest" in leak:
+        pit, late = leak.get("point_in_time", {}), leak["latest"]
+        fig = go.Figure()
+        for name, vals, color in (
+            ("point-in-time features (this model)", pit, "#2a7ab9"),
+            ('"latest" features', late, "#d9822b"),
+        ):
+            fig.add_trace(
+                go.Bar(
+                    name=name,
+                    x=["validation<br>(what its author sees)", "point-in-time test<br>(what production sees)"],
+                    y=[vals.get("validation_auc"), vals.get("test_auc")],
+                    marker_color=color,
+                    text=[_auc(vals.get("validation_auc")), _auc(vals.get("test_auc"))],
+                    textposition="outside",
+                )
+            )
+        st.markdown("**The leak:** trained on each applicant's latest credit file, or on the file as of the loan")
+        fig.update_layout(
+            yaxis={"title": "AUC", "range": [0.5, 1.0]},
+            xaxis={"tickangle": 0},
+            barmode="group",
+            height=380,
+            margin={"l": 10, "r": 10, "t": 10, "b": 10},
+            legend={"orientation": "h", "y": 1.12, "x": 0},
+        )
+        st.plotly_chart(fig, key="ld_leak")
+        st.caption(
+            f"“Latest” here: {plain(leak.get('how', ''))}. That snapshot is dated after the loan for "
+            f"{leak.get('share_latest_after_loan', 0):.0%} of the training loans, so what followed a default is on it."
+        )
+    elif leak.get("skipped") or leak.get("error"):
+        st.caption(plain(leak.get("skipped") or leak.get("error")))
+
+
+comparisons_section(meta)
+# --- end data that teaches ---
+
 with st.expander("Training parameters, data and library versions"):
     st.json({"params": meta.get("params"), "dataset": meta.get("dataset"), "versions": meta.get("versions")})
