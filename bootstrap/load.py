@@ -93,7 +93,12 @@ class LoadRequest:
 
     def fingerprint(self) -> dict:
         if self.source == "synthetic":
-            key = {"source": "synthetic", "applicants": self.applicants, "seed": self.seed}
+            key = {
+                "source": "synthetic",
+                "applicants": self.applicants,
+                "seed": self.seed,
+                "generator": synthetic.GENERATOR,
+            }
             # Without an explicit date the data is dated on its load day and kept after that.
             return key | ({"as_of": self.as_of.isoformat()} if self.as_of else {})
         return {"source": "tutorial", "data_dir": str(Path(self.data_dir).resolve()), "seed": self.seed}

@@ -64,6 +64,9 @@ INTENT_EFFECT = {
     "EDUCATION": -0.10,
     "VENTURE": -0.25,
 }
+# Bumped whenever the generator's output changes for the same size and seed: data loaded by an
+# earlier generator is then replaced instead of kept (bootstrap/load.py's fingerprint).
+GENERATOR = 2
 TARGET_DEFAULT_RATE = 0.22
 SNAPSHOTS = 8
 SNAPSHOT_EVERY_DAYS = 91
