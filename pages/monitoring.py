@@ -117,7 +117,7 @@ period = Q.Period(chosen[0], chosen[1])
 version = bundles.current_version()
 meta = bundles.current_metadata() or {}
 st.caption(
-    f"{period.first} to {period.last} ({period.days} days) · current model `{plain(version or 'none')}` · "
+    f"{period.first} to {period.last} ({period.days} days) · current model {plain(version or 'none')} · "
     f"figures refresh every {CACHE_S} s"
 )
 
@@ -129,6 +129,8 @@ with guarded("Decisions over time"):
         st.info("No decisions in this range.")
     else:
         by = df.pivot_table(index="bucket", columns="outcome", values="n", aggfunc="sum", fill_value=0)
+        # Days (or weeks) as categories: one bar per period, labelled by its first day.
+        by.index = [f"{b:%Y-%m-%d}" if grain == "day" else f"week of {b:%Y-%m-%d}" for b in by.index]
         for o in COLORS:
             if o not in by:
                 by[o] = 0
@@ -148,7 +150,8 @@ with guarded("Decisions over time"):
                 name="approval rate",
                 yaxis="y2",
                 mode="lines+markers",
-                line={"color": "#1565c0"},
+                line={"color": "#0d47a1", "width": 3},
+                marker={"size": 9, "line": {"color": "white", "width": 1.5}},
                 hovertemplate="%{y:.1%}<extra>approval rate</extra>",
             )
         )
@@ -157,7 +160,16 @@ with guarded("Decisions over time"):
             f"Decisions per {grain} by outcome, and the approval rate",
             barmode="stack",
             yaxis={"title": "decisions"},
-            yaxis2={"overlaying": "y", "side": "right", "range": [0, 1], "tickformat": ".0%", "showgrid": False},
+            xaxis={"type": "category"},
+            yaxis2={
+                "overlaying": "y",
+                "side": "right",
+                "range": [0, 1],
+                "tickformat": ".0%",
+                "dtick": 0.25,
+                "showgrid": False,
+                "title": "approval rate",
+            },
         )
         st.plotly_chart(fig, config=CHART, key="mon_over_time")
 
@@ -301,7 +313,6 @@ with guarded("Approval ratios"):
     with left:
         _ratio_chart(by_age, "By age band (age from the recorded application)", "mon_age", horizontal=False)
         _flags(by_age, "age band")
-        _ratio_table(by_age, "age band")
     with right:
         _ratio_chart(by_state, "By state (from the recorded zipcode features)", "mon_state", horizontal=True)
         _flags(by_state, "state")
@@ -310,9 +321,10 @@ with guarded("Approval ratios"):
                 f"Left out: {left_out['states']} states with fewer than {M.MIN_STATE_DECISIONS} scored decisions "
                 f"each, and decisions without a state — {left_out['decisions']:,} decisions in all."
             )
-        if by_state:
-            with st.expander("By state, as a table"):
-                _ratio_table(by_state, "state")
+    _ratio_table(by_age, "age band")
+    if by_state:
+        with st.expander("By state, as a table"):
+            _ratio_table(by_state, "state")
 
 # --- 4. population stability index ---------------------------------------------------------------
 st.subheader("Feature drift against the training window")
@@ -332,7 +344,7 @@ with guarded("Feature drift"):
         st.info("The current model scores no online feature.")
     else:
         measured = [d for d in drift if d.psi is not None]
-        left, right = st.columns([3, 2], gap="large")
+        left, right = st.columns(2, gap="large")
         with left:
             if measured:
                 fig = go.Figure(
@@ -424,7 +436,7 @@ with guarded("Feature freshness"):
         a = pd.DataFrame(ages)
         order = [b[2] for b in Q.AGE_BUCKETS] + [Q.NO_ROW]
         fig = go.Figure()
-        palette = ["#1b5e20", "#2e7d32", "#66bb6a", "#c0ca33", "#fbc02d", "#fb8c00", "#e53935", "#9e9e9e"]
+        palette = ["#0d47a1", "#1565c0", "#1e88e5", "#42a5f5", "#64b5f6", "#90caf9", "#bbdefb", "#9e9e9e"]
         for label, color in zip(order, palette, strict=True):
             part = a[a["bucket"] == label]
             if part.empty:
