@@ -32,6 +32,7 @@ PAGES = {  # url path: (file, title, icon, roles)
     "apply": ("pages/apply.py", "Apply", ":material/request_quote:", ("officer", "admin")),
     "explore": ("pages/explore.py", "Explore features", ":material/query_stats:", ("officer", "admin")),
     "model_card": ("pages/model_card.py", "Model card", ":material/fact_check:", ("officer", "admin")),
+    "monitoring": ("pages/monitoring.py", "Monitoring", ":material/monitoring:", ("underwriter", "admin")),
     "materialize": ("pages/materialize.py", "Materialize", ":material/sync:", ("admin",)),
     "users": ("pages/users.py", "Users", ":material/group:", ("admin",)),
 }

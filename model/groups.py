@@ -43,13 +43,23 @@ def approval_ratios(approved, groups, min_count: int = MIN_GROUP, order=None) ->
     approved = np.asarray(approved, dtype=bool)
     groups = np.asarray(groups, dtype=object)
     labels = list(order) if order is not None else sorted(set(groups.tolist()), key=str)
-    rows = []
+    counts = {}
     for g in labels:
         m = groups == g
-        n = int(m.sum())
+        counts[g] = (int(m.sum()), int(approved[m].sum()))
+    return ratios_from_counts(counts, min_count, order=labels)
+
+
+def ratios_from_counts(counts: dict, min_count: int = MIN_GROUP, order=None) -> list[dict]:
+    """``approval_ratios`` from counts already aggregated (in SQL, say): ``{group: (n, approved)}``.
+    Groups are listed in ``order`` (default: sorted by name); empty groups are left out."""
+    labels = list(order) if order is not None else sorted(counts, key=str)
+    rows = []
+    for g in labels:
+        n, k = counts.get(g, (0, 0))
+        n, k = int(n), int(k)
         if n == 0:
             continue
-        k = int(approved[m].sum())
         lo, hi = wilson(k, n)
         rows.append({"group": str(g), "n": n, "approved": k, "rate": k / n, "rate_low": lo, "rate_high": hi})
     big = [r for r in rows if r["n"] >= min_count]

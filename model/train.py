@@ -321,13 +321,21 @@ def train(
 
 
 def _distribution(X: np.ndarray, features) -> dict:
-    """Decile edges and missing share of each input over the training loans (the PSI reference)."""
+    """Decile edges and missing share of each input over the training loans (the PSI reference).
+
+    ``shares``: the share of the present values in each bucket the edges make (below the first
+    edge, between consecutive edges, from the last edge up: Postgres' width_bucket with the edges
+    as thresholds), so a feature with tied deciles (counts such as bankruptcies) keeps its true
+    reference shares instead of an assumed 10% each."""
     out = {}
     for f in features:
         col = X[:, F.INDEX[f]].astype(float)
         ok = col[~np.isnan(col)]
+        edges = np.unique(np.quantile(ok, np.linspace(0.1, 0.9, 9))) if len(ok) else np.array([])
+        counts = np.bincount(np.searchsorted(edges, ok, side="right"), minlength=len(edges) + 1)
         out[f] = {
-            "deciles": [float(v) for v in np.unique(np.quantile(ok, np.linspace(0.1, 0.9, 9)))] if len(ok) else [],
+            "deciles": [float(v) for v in edges],
+            "shares": [float(c) / len(ok) for c in counts] if len(ok) else [],
             "missing": float(np.isnan(col).mean()),
             "rows": int(len(col)),
         }
