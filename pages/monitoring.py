@@ -305,7 +305,8 @@ st.caption(
     "Approval rate of a group ÷ that of the most-approved group, among scored decisions, approved meaning a "
     f"probability of default below the decision's cut-off (the refer band ignored). Under {groups.FLAG_BELOW} "
     "(the four-fifths convention) is flagged in red; whiskers are 95% Wilson intervals; groups with fewer than "
-    f"{groups.MIN_GROUP} decisions get no ratio."
+    f"{groups.MIN_GROUP} decisions get no ratio. By age: every decision of the range; by state: the range's newest "
+    f"{Q.SAMPLE:,} (the state is read from each decision's recorded features)."
 )
 with guarded("Approval ratios"):
     by_age, (by_state, left_out) = _ratios(period)
@@ -331,7 +332,7 @@ st.subheader("Feature drift against the training window")
 window = meta.get("training_window") or {}
 st.caption(
     "Population stability index of each online feature the current model scores: the recorded values of the "
-    "range's decisions against the training loans' deciles"
+    f"range's newest {Q.SAMPLE:,} decisions against the training loans' deciles"
     + (f" ({window.get('train_start', '')[:10]} to {window.get('test_end', '')[:10]})" if window else "")
     + f", missing values a bucket of their own. Under {M.PSI_STABLE} stable, {M.PSI_STABLE}–{M.PSI_SHIFTED} watch, "
     f"over {M.PSI_SHIFTED} shifted."
@@ -411,7 +412,8 @@ with guarded("Feature drift"):
 st.subheader("Feature freshness")
 st.caption(
     "Age of the online row each decision read: the decision time minus the row's event timestamp (the "
-    "credit file's snapshot, the zipcode's statistics). A row older than its view's TTL counts as missing."
+    "credit file's snapshot, the zipcode's statistics), over the range's newest "
+    f"{Q.SAMPLE:,} decisions. A row older than its view's TTL counts as missing."
 )
 with guarded("Feature freshness"):
     ages, quantiles, refs = _freshness(period)
