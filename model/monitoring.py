@@ -135,8 +135,19 @@ def feature_drift(settings, period: q.Period, metadata: dict) -> list[FeatureDri
         if n == 0:
             out.append(FeatureDrift(f, None, "n/a", 0, ref, [], labels, "no decisions with this feature in the range"))
             continue
-        value = psi(ref, actual)
-        note = f"only {n} decisions: the PSI is noisy" if n < PSI_MIN_DECISIONS else ""
+        present = int(sum(actual[1:]))
+        if present == 0:
+            out.append(FeatureDrift(f, None, "n/a", n, ref, [a / n for a in actual], labels, "every value was missing"))
+            continue
+        # PSI over the values present: a referral without a credit file would otherwise move every
+        # credit feature at once and hide a real drift. The missing share is compared on its own.
+        value = psi(ref[1:], actual[1:])
+        notes = []
+        if n < PSI_MIN_DECISIONS:
+            notes.append(f"only {n} decisions: the PSI is noisy")
+        if abs(actual[0] / n - ref[0]) >= 0.01:
+            notes.append(f"missing: {ref[0]:.1%} in training, {actual[0] / n:.1%} now")
+        note = "; ".join(notes)
         out.append(FeatureDrift(f, value, psi_status(value), n, ref, [a / n for a in actual], labels, note))
     return sorted(out, key=lambda d: (d.psi is None, -(d.psi or 0.0)))
 
