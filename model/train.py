@@ -146,7 +146,7 @@ def train(
     rounds: int = 600,
     params: dict | None = None,
     policy=None,
-    compare_inputs: bool = True,
+    compare: bool = True,
 ) -> dict:
     """Train a candidate, publish it as a new bundle in ``out_dir`` (default: the model folder),
     then promote it (make it current) when it is not worse than the champion by the credit
@@ -158,6 +158,8 @@ def train(
     the fit slice only.  The released booster is then refitted on all labelled loans with the
     rounds chosen on validation.
 
+    ``compare`` (default on) also fits the model card's comparisons: with age and area inputs,
+    "latest" features (the leak), logistic regression and a random split.
     ``params`` override entries of PARAMS.  Returns the metadata, plus ``seconds``,
     ``written_to`` (the bundle's folder) and ``promotion`` (what happened and why)."""
     from model.policy import load_policy
@@ -233,7 +235,7 @@ def train(
 
     input_policy = {"default": {k: held[k] for k in ("auc", "approval_rate", "min_age_band_ratio", "min_state_ratio")}}
     input_policy["default"]["features"] = len(features)
-    if compare_inputs:
+    if compare:
         wide = F.model_features(dataset, with_age_and_area=True)
         b2, c2 = _fit(X, y, wide, fit, valid, params, rounds)
         p2 = b2.inplace_predict(X[pslice][:, c2])
@@ -248,7 +250,7 @@ def train(
     # What the data teaches (model/comparisons.py): the leak of "latest" features, the linear
     # baseline and a random split, on the fit + validation rows and the test slice.
     compared = None
-    if compare_inputs:
+    if compare:
         t_cmp = time.perf_counter()
         compared = comparisons.comparisons(
             settings,

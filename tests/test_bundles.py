@@ -42,9 +42,9 @@ def trained(backbone, tmp_path_factory):
 
     s = backbone["settings"]
     root = tmp_path_factory.mktemp("models")
-    a = train(feature_store(s), s, out_dir=root, policy=ALWAYS_PROMOTE)
+    a = train(feature_store(s), s, out_dir=root, policy=ALWAYS_PROMOTE, compare=False)
     a_files = _digest(Path(a["written_to"]))
-    b = train(feature_store(s), s, out_dir=root, params={"max_depth": 2}, policy=ALWAYS_PROMOTE)
+    b = train(feature_store(s), s, out_dir=root, params={"max_depth": 2}, policy=ALWAYS_PROMOTE, compare=False)
     return {"root": root, "a": a, "b": b, "a_files": a_files, "settings": s}
 
 
@@ -221,10 +221,10 @@ def test_every_decision_belongs_to_one_bundle_while_training_and_switching(train
     worker.start()
     try:
         time.sleep(0.2)
-        c = train(feature_store(s), s, out_dir=root, params={"max_depth": 6, "eta": 0.3}, policy=ALWAYS_PROMOTE)
+        c = train(feature_store(s), s, out_dir=root, params={"max_depth": 6, "eta": 0.3}, policy=ALWAYS_PROMOTE, compare=False)
         c = c["model_version"]
         time.sleep(0.2)
-        c2 = train(feature_store(s), s, out_dir=root, params={"max_depth": 3, "eta": 0.03}, policy=ALWAYS_PROMOTE)
+        c2 = train(feature_store(s), s, out_dir=root, params={"max_depth": 3, "eta": 0.03}, policy=ALWAYS_PROMOTE, compare=False)
         c2 = c2["model_version"]
         for i in range(30):  # rapid switches: loads race with decisions
             use((b, a, c)[i % 3], root)

@@ -128,7 +128,7 @@ def cluster_backbone(cs, tmp_path_factory):
     clear_online(cs)
     result = materialize(cs, requested_by="tests", full=True)
     model_dir = tmp_path_factory.mktemp("cluster-model")
-    meta = train(feature_store(cs), cs, out_dir=model_dir, rounds=60)
+    meta = train(feature_store(cs), cs, out_dir=model_dir, rounds=60, compare=False)
     return {"settings": cs, "materialized": result, "model_dir": model_dir, "meta": meta}
 
 
