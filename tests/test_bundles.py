@@ -221,10 +221,19 @@ def test_every_decision_belongs_to_one_bundle_while_training_and_switching(train
     worker.start()
     try:
         time.sleep(0.2)
-        c = train(feature_store(s), s, out_dir=root, params={"max_depth": 6, "eta": 0.3}, policy=ALWAYS_PROMOTE, compare=False)
+        c = train(
+            feature_store(s), s, out_dir=root, params={"max_depth": 6, "eta": 0.3}, policy=ALWAYS_PROMOTE, compare=False
+        )
         c = c["model_version"]
         time.sleep(0.2)
-        c2 = train(feature_store(s), s, out_dir=root, params={"max_depth": 3, "eta": 0.03}, policy=ALWAYS_PROMOTE, compare=False)
+        c2 = train(
+            feature_store(s),
+            s,
+            out_dir=root,
+            params={"max_depth": 3, "eta": 0.03},
+            policy=ALWAYS_PROMOTE,
+            compare=False,
+        )
         c2 = c2["model_version"]
         for i in range(30):  # rapid switches: loads race with decisions
             use((b, a, c)[i % 3], root)
