@@ -55,6 +55,7 @@ def capture(url: str, password: str) -> None:
             "[...document.querySelectorAll('input')].some(i => i.getAttribute('aria-label') === 'Zipcode' && i.value)"
         )
         page.get_by_role("button", name="Decide").click()
+        page.get_by_text("Details: contributions and features").click()
         page.locator('[data-testid="stPlotlyChart"] .waterfalllayer .point').first.wait_for()
         page.get_by_text("Your recent decisions").wait_for()
         _shot(page, "apply", 2600)
