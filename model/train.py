@@ -262,6 +262,7 @@ def train(
             features,
             {**params, "monotone_constraints": F.monotone_constraints(features)},
             dataset_info=dataset,
+            booster=booster,  # the fit-only model: its test AUC is the reported one
         )
         _say(f"comparisons (leak, linear baseline, random split): {time.perf_counter() - t_cmp:.1f} s")
 
