@@ -45,7 +45,7 @@ from typing import BinaryIO, TextIO
 from model.inference import LABELS, ApplicationError, DecisionService
 from runtime import db
 from runtime.batches import close_batch, count_chunk, earlier_batch, open_batch
-from runtime.decisions import record_decision
+from runtime.decisions import record_decisions
 from runtime.schema import masked_applicant
 from runtime.settings import Settings
 
@@ -363,13 +363,11 @@ def _score_chunk(settings, service, summary: BatchSummary, part: list, writer, u
     todo = [(line, raw) for line, raw, err in part if err is None]
     results = service.decide_many([raw for _, raw in todo]) if todo else []
     by_line = {line: res for (line, _), res in zip(todo, results, strict=True)}
-    ids: dict[int, int] = {}
-    counts = Counter()
+    decided = [(line, res) for line, res in by_line.items() if not isinstance(res, ApplicationError)]
+    counts = Counter(res.outcome for _, res in decided)
     with db.connection(settings) as conn, conn.transaction():
-        for line, res in by_line.items():
-            if not isinstance(res, ApplicationError):
-                ids[line] = record_decision(settings, username, res, "batch", batch_id=summary.batch_id, conn=conn)
-                counts[res.outcome] += 1
+        got = record_decisions(conn, username, [res for _, res in decided], "batch", batch_id=summary.batch_id)
+        ids = {line: i for (line, _), i in zip(decided, got, strict=True)}
         scored, errors = len(ids), len(part) - len(ids)
         count_chunk(conn, summary.batch_id, len(part), scored, errors, part[-1][0])
     summary.rows += len(part)

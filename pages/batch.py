@@ -103,7 +103,7 @@ def _show(summary, text: str, preview: list[dict], name: str) -> None:
                 or "; ".join(r[f"reason_{i}"] for i in range(1, MAX_REASONS + 1) if r[f"reason_{i}"])
                 or r["refer_reason"],
                 "applicant": r["applicant"],
-                "decision": f"/decision?id={r['decision_id']}" if r["decision_id"] else None,
+                "decision": f"/decision?id={r['decision_id']}" if r["decision_id"] else "",
             }
             for r in preview
         ]

@@ -9,6 +9,7 @@ import json
 import re
 import threading
 import tracemalloc
+import uuid
 from datetime import datetime
 
 import psycopg
@@ -16,6 +17,7 @@ import pytest
 
 from bootstrap.batch import COLUMNS, AlreadyScored, BatchInputError, neutralize, score_csv
 from model.inference import ApplicationError, DecisionService
+from runtime import audit
 from runtime.batches import batch_by_id
 from tests.conftest import run_cli
 
@@ -62,6 +64,9 @@ def _csv(rows: list[list], header=FIELDS, bom: bool = False, newline: str = "\r\
 
 
 def _score(settings, service, data: bytes, name: str, **kw):
+    """Score ``data``; ``again`` defaults to True (the suite's database outlives a run, and the
+    same file scored by an earlier run would be refused)."""
+    kw.setdefault("again", True)
     sink = io.StringIO(newline="")
     summary = score_csv(settings, io.BytesIO(data), sink, username="h_batch", filename=name, service=service, **kw)
     return summary, list(csv.DictReader(io.StringIO(sink.getvalue())))
@@ -156,6 +161,8 @@ def test_bom_crlf_and_birth_date_columns_are_scored_and_recorded_as_one_batch(ba
         "done",
         42,
     )
+    verified = audit.verify(s, audit.DECISIONS)  # the batch's records are sealed onto the chain
+    assert verified.ok, verified.problems
     declined = next(r for r in out if r["outcome"] == "decline")
     assert declined["reason_1"] and ": " in declined["reason_1"] and declined["probability"]
 
@@ -204,10 +211,11 @@ def test_wrong_types_and_formula_cells_are_row_errors_and_the_export_is_neutrali
 
 def test_the_same_file_again_is_refused_unless_asked(backbone, service, loans, pg):
     s = backbone["settings"]
-    data = _csv([[a[f] for f in FIELDS] for a in loans[50:55]])
-    first, _ = _score(s, service, data, "twice.csv")
+    ref = uuid.uuid4().hex  # an ignored column: a file no earlier run has scored
+    data = _csv([[a[f] for f in FIELDS] + [ref] for a in loans[50:55]], (*FIELDS, "ref"))
+    first, _ = _score(s, service, data, "twice.csv", again=False)
     with pytest.raises(AlreadyScored, match=f"batch #{first.batch_id}"):
-        _score(s, service, data, "twice-renamed.csv")
+        _score(s, service, data, "twice-renamed.csv", again=False)
     assert len(_recorded(pg, first.batch_id)) == 5
     again, out = _score(s, service, data, "twice.csv", again=True)
     assert again.batch_id != first.batch_id and again.scored == 5 and len(out) == 5
@@ -257,7 +265,7 @@ def test_a_100k_row_file_streams_in_bounded_memory(backbone, service, loans, pg,
     try:
         with open(path, "rb") as src, open(out_path, "w", newline="", encoding="utf-8") as sink:
             summary = score_csv(
-                backbone["settings"], src, sink, username="h_batch", filename="big.csv", service=service
+                backbone["settings"], src, sink, username="h_batch", filename="big.csv", service=service, again=True
             )
         peak = tracemalloc.get_traced_memory()[1]
     finally:
@@ -316,7 +324,8 @@ def test_cli_decide_jsonl_round_trip_with_bad_lines(backbone, loans, pg):
 
 def test_cli_score_writes_the_output_file_and_refuses_a_second_run(backbone, loans, tmp_path, pg):
     src, dst = tmp_path / "in.csv", tmp_path / "out.csv"
-    src.write_bytes(_csv([[a[f] for f in FIELDS] for a in loans[310:330]] + [["x"] * 8]))
+    ref = uuid.uuid4().hex  # an ignored column: a file no earlier run has scored
+    src.write_bytes(_csv([[a[f] for f in FIELDS] + [ref] for a in loans[310:330]] + [["x"] * 9], (*FIELDS, "ref")))
     res = run_cli("loan-desk", "score", str(src), "-o", str(dst), "--user", "h_score")
     assert res.returncode == 0, res.stderr
     assert "21 rows, 20 scored and recorded" in res.stderr and "1 with errors" in res.stderr
