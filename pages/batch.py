@@ -76,12 +76,16 @@ def _show(summary, text: str, preview: list[dict], name: str) -> None:
         st.success(plain(summary.describe()), icon=":material/task_alt:")
     else:
         st.error(plain(summary.describe()), icon=":material/error:")
-    cols = st.columns(5)
-    cols[0].metric("Rows", f"{summary.rows:,}")
-    cols[1].metric("Approved", f"{summary.outcomes.get('approve', 0):,}")
-    cols[2].metric("Referred", f"{summary.outcomes.get('refer', 0):,}")
-    cols[3].metric("Declined", f"{summary.outcomes.get('decline', 0):,}")
-    cols[4].metric("Errors", f"{summary.errors:,}")
+    # A row that wraps (two or three to a line on a phone) instead of five stacked columns.
+    with st.container(horizontal=True, gap="large"):
+        for label, n in (
+            ("Rows", summary.rows),
+            ("Approved", summary.outcomes.get("approve", 0)),
+            ("Referred", summary.outcomes.get("refer", 0)),
+            ("Declined", summary.outcomes.get("decline", 0)),
+            ("Errors", summary.errors),
+        ):
+            st.metric(label, f"{n:,}", width="content")
     stem = name.rsplit(".", 1)[0][:60] or "batch"
     st.download_button(
         "Download the results (CSV)",

@@ -297,7 +297,7 @@ def test_cli_decide_jsonl_round_trip_with_bad_lines(backbone, loans, pg):
     before = pg.execute("SELECT coalesce(max(id), 0) FROM loan_desk_decisions").fetchone()[0]
     res = run_cli("loan-desk", "decide", "--user", "h_cli", input="\n".join(lines) + "\n")
     assert res.returncode == 1, res.stderr  # some lines had errors
-    assert "Traceback" not in res.stderr and "4 decided and recorded for h_cli, 3 with errors" in res.stderr
+    assert "Traceback" not in res.stderr and "3 decided and recorded for h_cli, 3 with errors" in res.stderr
     out = [json.loads(x) for x in res.stdout.splitlines()]
     assert [o["line"] for o in out] == [1, 2, 4, 5, 6, 7]
     ok = out[0]
