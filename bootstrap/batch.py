@@ -189,8 +189,8 @@ def _columns(header: list[str]) -> dict[str, int]:
 
 
 def _records(text: TextIO) -> Iterator[tuple[int, dict | None, str | None]]:
-    """(line of the row in the file, raw application or None, error or None) per data row;
-    blank lines are skipped.  The first item is the header's column map (line 0)."""
+    """(line of the row in the file, raw application, error or None) per data row; blank lines
+    are skipped.  The first item is the header's column map (line 0)."""
     reader = csv.reader(text)
     try:
         header = next(reader, None)
@@ -214,17 +214,14 @@ def _records(text: TextIO) -> Iterator[tuple[int, dict | None, str | None]]:
         line, last = last + 1, reader.line_num
         if not any(c.strip() for c in cells):
             continue
-        if len(cells) > width and any(c.strip() for c in cells[width:]):
-            yield line, None, f"the row has {len(cells)} cells but the header names {width} columns"
-            continue
         raw = {k: (cells[i] if i < len(cells) else "") for k, i in cols.items()}
+        if len(cells) > width and any(c.strip() for c in cells[width:]):
+            yield line, raw, f"the row has {len(cells)} cells but the header names {width} columns"
+            continue
         formula = [k for k, v in raw.items() if v.lstrip(" ").startswith(INPUT_FORMULA_START)]
         if formula:
-            yield (
-                line,
-                None,
-                "; ".join(f"{LABELS.get(k, k)} looks like a spreadsheet formula; not accepted" for k in formula),
-            )
+            msg = "; ".join(f"{LABELS.get(k, k)} looks like a spreadsheet formula; not accepted" for k in formula)
+            yield line, raw, msg
             continue
         yield line, raw, None
 
@@ -251,12 +248,8 @@ def error_text(err: ApplicationError) -> str:
 
 def _hide(text: str, raw: dict | None) -> str:
     """Never the applicant's date of birth + SSN digits in clear, even when a message repeats them."""
-    if raw:
-        for key in ("dob_ssn",):
-            v = (raw.get(key) or "").strip()
-            if len(v) >= 8:
-                text = text.replace(v, masked_applicant(v))
-    return text
+    key = (raw or {}).get("dob_ssn", "").strip()
+    return text.replace(key, masked_applicant(key)) if len(key) >= 8 else text
 
 
 # --- scoring ------------------------------------------------------------------------------------

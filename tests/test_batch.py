@@ -133,6 +133,26 @@ def test_decide_many_equals_decide_row_by_row(service, loans):
     assert unknown.outcome == "refer" and unknown.probability is None and "no credit file" in unknown.refer_reasons[0]
 
 
+def test_decide_many_scores_the_challenger_in_the_shadow_as_decide_does(backbone, loans, tmp_path):
+    """A challenger bundle (the champion's booster under another version): each row's shadow
+    score from the batch pass is the one decide() records for that row."""
+    from model import bundles
+
+    champion = bundles.current_version()
+    raw = (bundles.bundle_path(champion) / bundles.MODEL_FILE).read_bytes()
+    meta = bundles.read_metadata(champion)
+    bundles.publish(raw, dict(meta), tmp_path)
+    bundles.write_bundle(raw, {**meta, "model_version": f"{champion}-challenger"}, tmp_path)
+    bundles.set_challenger(f"{champion}-challenger", tmp_path)
+    svc = DecisionService(settings=backbone["settings"], model_dir=tmp_path)
+    rows = loans[200:260]
+    many = svc.decide_many(rows, chunk=25)
+    shadows = [d.challenger for d in many]
+    assert all(c and c["model_version"] == f"{champion}-challenger" for c in shadows)
+    assert len({c["probability"] for c in shadows}) > 10  # one per row, not one for all
+    assert shadows == [svc.decide(a).challenger for a in rows]
+
+
 # --- CSV batches --------------------------------------------------------------------------------------
 def test_bom_crlf_and_birth_date_columns_are_scored_and_recorded_as_one_batch(backbone, service, loans, pg):
     s = backbone["settings"]
