@@ -8,7 +8,9 @@ Redis online store (one pipelined round trip, decoded by Feast's own code), buil
 model's numpy row, predicts, applies the credit policy (model/policy.py: approve, refer or
 decline) and gives the principal reasons (model/reasons.py) from XGBoost's own per-feature
 contributions.  When a challenger model is set, it scores the same row in the shadow (recorded,
-never the decision).  It is thread-safe.
+never the decision).  It is thread-safe.  ``decide_many(raws)`` gives the same Decision for each
+of many applications (batch scoring), reading the online store once per chunk of rows and
+scoring each chunk in one prediction and one contributions pass.
 
 Missing or stale data is a *refer*, with the reason: an applicant without a credit file (when
 the model scores the credit file) goes to an underwriter, never decided on a silent NaN.  A
