@@ -30,6 +30,7 @@ ensure_navigation_v2()
 
 PAGES = {  # url path: (file, title, icon, roles)
     "apply": ("pages/apply.py", "Apply", ":material/request_quote:", ("officer", "admin")),
+    "batch": ("pages/batch.py", "Batch scoring", ":material/table_view:", ("officer", "admin")),
     "explore": ("pages/explore.py", "Explore features", ":material/query_stats:", ("officer", "admin")),
     "model_card": ("pages/model_card.py", "Model card", ":material/fact_check:", ("officer", "admin")),
     "monitoring": ("pages/monitoring.py", "Monitoring", ":material/monitoring:", ("underwriter", "admin")),

@@ -12,6 +12,8 @@ loan-desk models        list the trained model bundles, go back to one, or promo
 loan-desk policy        show the credit policy, or back-test a proposed one (simulate)
 loan-desk audit verify  check the decision trail's hash chains
 loan-desk export        write the offline tables to Parquet (--parquet DIR) for the Spark profile
+loan-desk decide        decide applications given as JSON lines (stdin or a file), one JSON answer each
+loan-desk score         score a CSV of applications into a CSV of results (a recorded batch)
 loan-desk serve         run the Streamlit app
 """
 
@@ -202,6 +204,66 @@ def cmd_export(args) -> int:
     return 0
 
 
+def _os_user() -> str:
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except Exception:  # no user name in the environment or the password database
+        return "cli"
+
+
+def cmd_decide(args) -> int:
+    from bootstrap.jsonl import decide_lines
+    from runtime.migrations import migrate
+
+    s = _settings()
+    migrate(s)
+    user = (args.user or _os_user()).strip() or _os_user()
+    if args.file:
+        with open(args.file, encoding="utf-8", errors="replace") as f:
+            decided, errors = decide_lines(s, f, sys.stdout, user)
+    else:
+        stdin = open(sys.stdin.fileno(), encoding="utf-8", errors="replace", closefd=False)  # noqa: SIM115
+        decided, errors = decide_lines(s, stdin, sys.stdout, user)
+    _say(f"{decided:,} decided and recorded for {user}, {errors:,} with errors")
+    return 1 if errors else 0
+
+
+def cmd_score(args) -> int:
+    from bootstrap.batch import score_csv
+
+    s = _settings()
+    user = (args.user or _os_user()).strip() or _os_user()
+    last = [0.0]
+
+    def progress(line: int, lines: int) -> None:
+        import time
+
+        if time.monotonic() - last[0] > 2:
+            last[0] = time.monotonic()
+            _say(f"  line {line:,} of about {lines:,}")
+
+    with open(args.input, "rb") as source:
+        if args.output == "-":
+            summary = score_csv(
+                s,
+                source,
+                sys.stdout,
+                username=user,
+                filename=Path(args.input).name,
+                again=args.again,
+                progress=progress,
+            )
+        else:
+            with open(args.output, "w", encoding="utf-8", newline="") as sink:
+                summary = score_csv(
+                    s, source, sink, username=user, filename=Path(args.input).name, again=args.again, progress=progress
+                )
+    _say(summary.describe() + ("" if args.output == "-" else f"; results in {args.output}"))
+    return 0 if summary.status == "done" else 2
+
+
 def cmd_serve(args) -> int:
     from bootstrap.serve import serve
 
@@ -334,6 +396,18 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("export", help="write the offline tables to Parquet for the Spark profile")
     sp.add_argument("--parquet", metavar="DIR", required=True, help="folder of the export (replaced atomically)")
     sp.set_defaults(func=cmd_export)
+
+    sp = sub.add_parser("decide", help="decide applications given as JSON lines; one JSON line out per application")
+    sp.add_argument("file", nargs="?", metavar="FILE", help="JSON lines to read (default: stdin)")
+    sp.add_argument("--user", default=None, help="who the decisions are recorded for (default: the OS user)")
+    sp.set_defaults(func=cmd_decide)
+
+    sp = sub.add_parser("score", help="score a CSV of applications (one recorded batch) into a CSV of results")
+    sp.add_argument("input", metavar="IN.csv")
+    sp.add_argument("-o", "--output", metavar="OUT.csv", required=True, help="results CSV ('-' for stdout)")
+    sp.add_argument("--user", default=None, help="who the batch is recorded for (default: the OS user)")
+    sp.add_argument("--again", action="store_true", help="score a file that was already scored (records it again)")
+    sp.set_defaults(func=cmd_score)
 
     sp = sub.add_parser("serve", help="run the Streamlit app")
     sp.add_argument("--port", type=whole_number, default=8501)

@@ -139,6 +139,51 @@ def insert_sealed(conn, chain: Chain, columns: list[str], values: list) -> int:
     return new_id
 
 
+def insert_sealed_many(conn, chain: Chain, columns: list[str], rows: list[list]) -> list[int]:
+    """``insert_sealed`` for many records in one go (the caller's transaction must be open): the
+    chain's head is locked once, the inserts and the seals are sent as pipelined batches, and
+    the records are sealed in id order onto the chain.  Returns the new ids, in ``rows``' order."""
+    if not rows:
+        return []
+    head = conn.execute(
+        "SELECT last_hash FROM loan_desk_chain_heads WHERE chain = %s FOR UPDATE", [chain.name]
+    ).fetchone()
+    if head is None:
+        first = insert_sealed(conn, chain, columns, rows[0])  # creates the head; the rest follow it
+        return [first, *insert_sealed_many(conn, chain, columns, rows[1:])]
+    prev = bytes(head[0])
+    query = sql.SQL("INSERT INTO {} ({}) VALUES ({}) RETURNING id, {}").format(
+        sql.Identifier(chain.table),
+        sql.SQL(", ").join(map(sql.Identifier, columns)),
+        sql.SQL(", ").join(sql.Placeholder() * len(columns)),
+        chain.select_list(),
+    )
+    with conn.cursor() as cur:
+        cur.executemany(query, rows, returning=True)
+        returned = []
+        while True:
+            returned.append(cur.fetchone())
+            if not cur.nextset():
+                break
+        seals = []
+        for row in returned:  # ids rise in this order: the head's lock keeps other writers out
+            hashes = field_hashes(chain, row[1:])
+            record = seal(prev, hashes)
+            seals.append([prev, record, json.dumps(hashes), row[0]])
+            prev = record
+        cur.executemany(
+            sql.SQL("UPDATE {} SET prev_hash = %s, record_hash = %s, field_hashes = %s WHERE id = %s").format(
+                sql.Identifier(chain.table)
+            ),
+            seals,
+        )
+    conn.execute(
+        "UPDATE loan_desk_chain_heads SET last_id = %s, last_hash = %s, records = records + %s WHERE chain = %s",
+        [returned[-1][0], prev, len(returned), chain.name],
+    )
+    return [row[0] for row in returned]
+
+
 @dataclass
 class Verification:
     chain: str

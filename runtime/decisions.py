@@ -82,6 +82,19 @@ def record_decision(
         return audit.insert_sealed(c, audit.DECISIONS, list(values), list(values.values()))
 
 
+def record_decisions(
+    conn, username: str, decisions: list, channel: str = "batch", batch_id: int | None = None
+) -> list[int]:
+    """``record_decision`` for many decisions in the caller's transaction (``conn``), sealed in
+    one pipelined pass; returns their ids in order."""
+    if channel not in CHANNELS:
+        raise ValueError(f"channel must be one of {CHANNELS}")
+    rows = [_record_values(d, username, channel, None, batch_id) for d in decisions]
+    if not rows:
+        return []
+    return audit.insert_sealed_many(conn, audit.DECISIONS, list(rows[0]), [list(r.values()) for r in rows])
+
+
 def recent_decisions(settings: Settings, username: str, limit: int = 20) -> list[dict]:
     """The user's latest decisions, newest first, with the review's verdict where there is one."""
     with db.connection(settings) as conn:

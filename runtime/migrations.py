@@ -192,6 +192,17 @@ CREATE TABLE loan_desk_model_events (
 );
 """,
     ),
+    (
+        6,
+        "batch scoring: the file's sha256, the rows recorded so far, why a batch failed",
+        """
+ALTER TABLE loan_desk_batches
+    ADD COLUMN sha256           text,
+    ADD COLUMN recorded_through integer NOT NULL DEFAULT 0,
+    ADD COLUMN error            text;
+CREATE INDEX loan_desk_batches_sha256 ON loan_desk_batches (sha256, created_at DESC);
+""",
+    ),
 ]
 _MIGRATE_LOCK = 0x4C444D49  # "LDMI"
 

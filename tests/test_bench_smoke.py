@@ -16,9 +16,10 @@ import pytest
 
 from tests.conftest import BENCH_BIG, BENCH_SMALL, NAMES, ROOT
 
-QUICK = ("decision", "materialize", "training", "load", "operations", "api", "cluster", "policy")
+QUICK = ("decision", "batch", "materialize", "training", "load", "operations", "api", "cluster", "policy")
 FIGURE = {
     "decision": "decision_p50_ms",
+    "batch": "batch_score_csv_rows_per_s",
     "materialize": "materialize_vs_floor_600",
     "training": "pit_vs_floor_600",
     "load": "load_rows_per_s",
