@@ -60,7 +60,7 @@ def _peak(fn) -> float:
 
 def run(rows: int = 10_000, applicants: int = SMALL) -> dict:
     s = ensure_data(applicants, materialized=True, trained=True)
-    from bootstrap.batch import score_csv
+    from model.batch import score_csv
     from model.inference import DecisionService
     from runtime.migrations import migrate
 

@@ -231,7 +231,7 @@ def cmd_decide(args) -> int:
 
 
 def cmd_score(args) -> int:
-    from bootstrap.batch import score_csv
+    from model.batch import score_csv
 
     s = _settings()
     user = (args.user or _os_user()).strip() or _os_user()

@@ -7,7 +7,7 @@ import io
 import pandas as pd
 import streamlit as st
 
-from bootstrap.batch import (  # the one page that runs a job of bootstrap/ (see pyproject.toml)
+from model.batch import (
     IDENTITY,
     MAX_REASONS,
     OPTIONAL,

@@ -1,6 +1,6 @@
 """Batches of decisions (loan_desk_batches): one row per scored file, its counters and status.
 
-A batch is opened ``running``; bootstrap/batch.py adds each chunk's counters in the transaction
+A batch is opened ``running``; model/batch.py adds each chunk's counters in the transaction
 that records the chunk's decisions (``recorded_through``: the last input line recorded), then
 closes it ``done`` or ``failed`` with the reason.
 """

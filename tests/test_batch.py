@@ -15,7 +15,7 @@ from datetime import datetime
 import psycopg
 import pytest
 
-from bootstrap.batch import COLUMNS, AlreadyScored, BatchInputError, neutralize, score_csv
+from model.batch import COLUMNS, AlreadyScored, BatchInputError, neutralize, score_csv
 from model.inference import ApplicationError, DecisionService
 from runtime import audit
 from runtime.batches import batch_by_id
