@@ -381,13 +381,29 @@ def sample_application(settings: Settings) -> dict | None:
 
 
 # --- offline freshness (for the materialize page) -------------------------------------------
-def offline_newest(settings: Settings, view_name: str, since: datetime | None) -> dict:
-    """Newest event time in the offline table and how many rows are newer than ``since``."""
+def offline_window(settings: Settings, view_name: str, since: datetime | None, until: datetime) -> dict:
+    """The offline table against a materialization window ending at ``since``, up to ``until``.
+
+    Returns {oldest, newest: the table's first and last event times; online_newest: the newest
+    event time at or before ``since`` (the newest data the online store can hold); pending and
+    pending_entities: the rows (and distinct entities) in (since, until], what an incremental run
+    would write; None as ``since`` means never materialized (everything up to ``until``)}.
+    """
     view = _view(view_name)
     query = sql.SQL(
-        "SELECT max(t.event_timestamp), count(*) FILTER (WHERE %s::timestamptz IS NULL OR t.event_timestamp > %s) "
-        "FROM {t} AS t"
-    ).format(t=sql.Identifier(view.table))
+        "SELECT min(t.event_timestamp), max(t.event_timestamp), "
+        "max(t.event_timestamp) FILTER (WHERE t.event_timestamp <= %s), "
+        "count(*) FILTER (WHERE (%s::timestamptz IS NULL OR t.event_timestamp > %s) AND t.event_timestamp <= %s), "
+        "count(DISTINCT {e}) FILTER (WHERE (%s::timestamptz IS NULL OR t.event_timestamp > %s) "
+        "AND t.event_timestamp <= %s) FROM {t} AS t"
+    ).format(e=_col(view, view.entity), t=sql.Identifier(view.table))
     with _conn(settings) as conn:
-        newest, pending = conn.execute(query, [since, since]).fetchone()
-    return {"newest": newest, "pending": pending}
+        row = conn.execute(query, [since, since, since, until, since, since, until]).fetchone()
+    oldest, newest, online_newest, pending, entities = row
+    return {
+        "oldest": oldest,
+        "newest": newest,
+        "online_newest": online_newest,
+        "pending": pending,
+        "pending_entities": entities,
+    }

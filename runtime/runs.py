@@ -13,9 +13,11 @@ import contextlib
 import json
 import os
 
+from psycopg import sql
 from psycopg.rows import dict_row
 
 from runtime import db
+from runtime.explore import VIEWS
 from runtime.settings import Settings, home
 
 INTERRUPTED = (
@@ -49,6 +51,61 @@ def materialize_runs(settings: Settings, limit: int = 20) -> list[dict]:
             "FROM loan_desk_materialize_runs ORDER BY id DESC LIMIT %s",
             [*_lock_params(), INTERRUPTED, limit],
         ).fetchall()
+
+
+def run_changes(settings: Settings, runs: list[dict]) -> dict[int, int]:
+    """Per finished run id: the entities its window brought to the online store, counted on the
+    offline tables as they are now (the job records only the online key total afterwards).
+
+    A full run's window is its own (window_start, window_end]; an incremental run's starts at
+    the end of the successful run before it (None before any: everything up to its end).  An
+    entity with several rows in a window counts once: the online store keeps its latest row.
+    """
+    done = sorted((r for r in runs if r["status"] == "succeeded"), key=lambda r: r["id"])
+    if not done:
+        return {}
+    with db.connection(settings) as conn:
+        prev_end = conn.execute(
+            "SELECT max(window_end) FROM loan_desk_materialize_runs WHERE status = 'succeeded' AND id < %s",
+            [done[0]["id"]],
+        ).fetchone()[0]
+        ids, starts, ends = [], [], []
+        for r in done:
+            ids.append(r["id"])
+            starts.append(r["window_start"] if r["mode"] == "full" else prev_end)
+            ends.append(r["window_end"])
+            prev_end = r["window_end"]
+        counts = sql.SQL(" + ").join(
+            sql.SQL(
+                "(SELECT count(DISTINCT t.{e}) FROM {t} AS t WHERE (w.s IS NULL OR t.event_timestamp > w.s) "
+                "AND t.event_timestamp <= w.e)"
+            ).format(e=sql.Identifier(v.entity), t=sql.Identifier(v.table))
+            for v in VIEWS.values()
+        )
+        rows = conn.execute(
+            sql.SQL(
+                "SELECT w.id, {} FROM unnest(%s::bigint[], %s::timestamptz[], %s::timestamptz[]) AS w(id, s, e)"
+            ).format(counts),
+            [ids, starts, ends],
+        ).fetchall()
+    return {run_id: n for run_id, n in rows}
+
+
+def run_after(settings: Settings, after_id: int, requested_by: str) -> dict | None:
+    """The first run ``requested_by`` started after run ``after_id`` (as materialize_runs shows it)."""
+    with db.connection(settings) as conn:
+        found = conn.execute(
+            "SELECT min(id) FROM loan_desk_materialize_runs WHERE id > %s AND requested_by = %s",
+            [after_id, requested_by],
+        ).fetchone()[0]
+    if found is None:
+        return None
+    return next((r for r in materialize_runs(settings, limit=100) if r["id"] == found), None)
+
+
+def last_run_id(settings: Settings) -> int:
+    with db.connection(settings) as conn:
+        return conn.execute("SELECT coalesce(max(id), 0) FROM loan_desk_materialize_runs").fetchone()[0]
 
 
 def materialize_lock_held(settings: Settings) -> bool:
