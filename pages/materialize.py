@@ -9,7 +9,6 @@ offline rows), and reports a run as finished only once its row says so.
 
 from __future__ import annotations
 
-import re
 import threading
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -159,7 +158,13 @@ def _freshness(plan: Plan, last_success: dict | None) -> None:
         help="Time since a materialization last finished; a run can succeed with no new data.",
         width="content",
     )
-    c.metric("New offline rows", f"{plan.rows:,}", help="Offline rows the next run would write.", width="content")
+    c.metric(
+        "Rows the next run reads",
+        f"{plan.rows:,}",
+        help="Offline rows in the next run's window: the new ones for an incremental run, all of them for a full "
+        "refresh.",
+        width="content",
+    )
     table = pd.DataFrame(
         [
             {
@@ -168,7 +173,7 @@ def _freshness(plan: Plan, last_success: dict | None) -> None:
                 "newest data online": v.online_newest,
                 "data age": ago((now - v.online_newest).total_seconds()) if v.online_newest else "no data online",
                 "newest offline row": v.newest,
-                "new offline rows": v.pending,
+                "rows the next run reads": v.pending,
                 "oldest offline row": v.oldest,
             }
             for v in plan.views
@@ -183,7 +188,7 @@ def _freshness(plan: Plan, last_success: dict | None) -> None:
             "newest data online": fmt,
             "newest offline row": fmt,
             "oldest offline row": fmt,
-            "new offline rows": st.column_config.NumberColumn(format="localized"),
+            "rows the next run reads": st.column_config.NumberColumn(format="localized"),
         },
     )
 
@@ -226,28 +231,6 @@ def _preview(plan: Plan) -> None:
     st.markdown("  \n".join(lines))
 
 
-_STEP = re.compile(r"\[(\d+)/(\d+)\]")
-_ROWS = re.compile(r"([\d,]+) rows written")
-
-
-def _fraction(progress: str | None, expected: dict[str, int]) -> float:
-    """How far a run is, from its progress line ("[1/2] credit_history: 20,000 rows written")."""
-    if not progress:
-        return 0.0
-    if progress == "done":
-        return 1.0
-    step = _STEP.search(progress)
-    if not step:
-        return 0.0
-    i, n = int(step[1]), max(int(step[2]), 1)
-    part = 0.0
-    rows = _ROWS.search(progress)
-    view = next((name for name in expected if name in progress), None)
-    if rows and view and expected.get(view):
-        part = min(int(rows[1].replace(",", "")) / expected[view], 0.99)
-    return min(((i - 1) + part) / n, 0.99)
-
-
 def _progress(s: Settings) -> bool:
     """Show the run in progress; True while one is running."""
     run = run_log.active_run(s)
@@ -259,8 +242,11 @@ def _progress(s: Settings) -> bool:
         return True
     elapsed = (datetime.now(UTC) - run["started_at"]).total_seconds()
     expected = st.session_state.get("ld_mat_expected", {})
+    key = f"ld_mat_fraction_{run['id']}"  # a bar only moves forward
+    fraction = run_log.progress_fraction(run["progress"], expected)
+    st.session_state[key] = max(st.session_state.get(key, 0.0), fraction if fraction is not None else 0.0)
     st.progress(
-        _fraction(run["progress"], expected),
+        st.session_state[key],
         text=f"Materialization #{run['id']} — started by {plain(run['requested_by'], 40)} {ago(elapsed)} ago, "
         f"up to {run['window_end']:%Y-%m-%d %H:%M} UTC: {plain(run['progress'] or 'starting…', 200)}",
     )
@@ -280,7 +266,7 @@ def _history(s: Settings, runs: list[dict]) -> None:
             {
                 "run": r["id"],
                 "who": plain(r["requested_by"], 40),
-                "started (UTC)": f"{r['started_at']:%Y-%m-%d %H:%M:%S}",
+                "started (UTC)": f"{r['started_at']:%Y-%m-%d %H:%M}",
                 "window": (f"{r['window_start']:%Y-%m-%d %H:%M}" if r["window_start"] else "since last run")
                 + f" → {r['window_end']:%Y-%m-%d %H:%M}",
                 "mode": plain(r["mode"] or ""),

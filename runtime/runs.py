@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 
 from psycopg import sql
 from psycopg.rows import dict_row
@@ -37,6 +38,30 @@ _LOCK_HELD = (
 
 def _lock_params() -> list[int]:
     return [(LOCK_KEY >> 32) & 0xFFFFFFFF, LOCK_KEY & 0xFFFFFFFF]
+
+
+_STEP = re.compile(r"\[(\d+)/(\d+)\]")
+_ROWS = re.compile(r"([\d,]+) rows written")
+
+
+def progress_fraction(progress: str | None, expected: dict[str, int]) -> float | None:
+    """How far a run is, 0..1, from its progress line ("[1/2] credit_history: 20,000 rows written") and
+    the entities expected per view; below 1 until the line says "done".  None for a line that does
+    not say (a clean-up step, a message of another engine): the caller keeps what it showed."""
+    if not progress:
+        return 0.0
+    if progress == "done":
+        return 1.0
+    step = _STEP.search(progress)
+    if not step:
+        return None
+    i, n = int(step[1]), max(int(step[2]), 1)
+    part = 0.0
+    rows = _ROWS.search(progress)
+    view = next((name for name in expected if name in progress), None)
+    if rows and view and expected.get(view):
+        part = min(int(rows[1].replace(",", "")) / expected[view], 0.99)
+    return min(((i - 1) + part) / n, 0.99)
 
 
 def materialize_runs(settings: Settings, limit: int = 20) -> list[dict]:
