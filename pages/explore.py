@@ -137,6 +137,8 @@ def _filters(s: Settings, stamp: str, view: E.View) -> E.Filters:
             lo, hi = bounds[name]
             if lo is None or hi is None or hi <= lo:
                 continue
+            if float(lo).is_integer() and float(hi).is_integer():  # counts and amounts: whole steps
+                lo, hi = int(lo), int(hi)
             a, b = st.slider(name, lo, hi, (lo, hi), key=f"r_{view.name}_{name}")
             ranges.append((name, a, b))
     f = E.Filters(ranges=tuple(ranges), state=state, city=city)
