@@ -137,6 +137,23 @@ def _plan_fields(s: Settings) -> dict:
     return asdict(plan)
 
 
+@st.cache_data(ttl=30, show_spinner=False)
+def _loaded_at(s: Settings) -> str:
+    state = data_state(s)
+    return state.loaded_at.isoformat() if state.loaded_at else ""
+
+
+@st.cache_data(ttl=3600, show_spinner=False)
+def _entities_in_window(s: Settings, stamp: str, start: datetime | None, end: datetime) -> int:
+    """Cached per window and load: a finished run's count does not change until the data is reloaded."""
+    return run_log.entities_in_window(s, start, end)
+
+
+def _changes(s: Settings, runs: list[dict]) -> dict[int, int]:
+    stamp = _loaded_at(s)
+    return {i: _entities_in_window(s, stamp, a, b) for i, (a, b) in run_log.run_windows(s, runs).items()}
+
+
 def _when(t: datetime | None) -> str:
     return f"{t:%Y-%m-%d %H:%M}" if t else "—"
 
@@ -260,7 +277,7 @@ def _history(s: Settings, runs: list[dict]) -> None:
     last = runs[0]
     if last["status"] == "failed":
         st.error(f"The last run (#{last['id']}) failed: {plain(last['error'] or '', 300)}", icon=":material/error:")
-    changes = run_log.run_changes(s, runs)
+    changes = _changes(s, runs)
     table = pd.DataFrame(
         [
             {
@@ -296,7 +313,7 @@ def _outcome(s: Settings, user: str) -> None:
     if run is None:
         st.error(f"The materialization did not start: {plain(runner().error or 'no run was recorded', 300)}")
     elif run["status"] == "succeeded":
-        written = run_log.run_changes(s, [run]).get(run["id"], 0)
+        written = _changes(s, [run]).get(run["id"], 0)
         st.success(
             f"Materialization #{run['id']} complete ({plain(run['mode'] or '')}, {run['seconds']:.1f} s): "
             f"{written:,} entities written; {run['rows'] or 0:,} keys online.",

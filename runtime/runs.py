@@ -78,14 +78,11 @@ def materialize_runs(settings: Settings, limit: int = 20) -> list[dict]:
         ).fetchall()
 
 
-def run_changes(settings: Settings, runs: list[dict]) -> dict[int, int]:
-    """Per finished run id: the entities its window brought to the online store, counted on the
-    offline tables as they are now (the job records only the online key total afterwards).
+def run_windows(settings: Settings, runs: list[dict]) -> dict[int, tuple]:
+    """Per succeeded run id: the window (start, end] it brought to the online store.
 
     A full run's window is its own (window_start, window_end]; an incremental run's starts at
-    the end of the successful run before it (None before any: everything up to its end).  An
-    entity with several rows in a window counts once: the online store keeps its latest row.
-    """
+    the end of the successful run before it (None before any: everything up to its end)."""
     done = sorted((r for r in runs if r["status"] == "succeeded"), key=lambda r: r["id"])
     if not done:
         return {}
@@ -94,26 +91,32 @@ def run_changes(settings: Settings, runs: list[dict]) -> dict[int, int]:
             "SELECT max(window_end) FROM loan_desk_materialize_runs WHERE status = 'succeeded' AND id < %s",
             [done[0]["id"]],
         ).fetchone()[0]
-        ids, starts, ends = [], [], []
-        for r in done:
-            ids.append(r["id"])
-            starts.append(r["window_start"] if r["mode"] == "full" else prev_end)
-            ends.append(r["window_end"])
-            prev_end = r["window_end"]
-        counts = sql.SQL(" + ").join(
-            sql.SQL(
-                "(SELECT count(DISTINCT t.{e}) FROM {t} AS t WHERE (w.s IS NULL OR t.event_timestamp > w.s) "
-                "AND t.event_timestamp <= w.e)"
-            ).format(e=sql.Identifier(v.entity), t=sql.Identifier(v.table))
-            for v in VIEWS.values()
-        )
-        rows = conn.execute(
-            sql.SQL(
-                "SELECT w.id, {} FROM unnest(%s::bigint[], %s::timestamptz[], %s::timestamptz[]) AS w(id, s, e)"
-            ).format(counts),
-            [ids, starts, ends],
-        ).fetchall()
-    return {run_id: n for run_id, n in rows}
+    windows = {}
+    for r in done:
+        windows[r["id"]] = (r["window_start"] if r["mode"] == "full" else prev_end, r["window_end"])
+        prev_end = r["window_end"]
+    return windows
+
+
+def entities_in_window(settings: Settings, start, end) -> int:
+    """Entities of every view with a row in (start, end], counted on the offline tables as they are
+    now: what a run of that window wrote to the online store (an entity with several rows counts
+    once, the online store keeps its latest)."""
+    counts = sql.SQL(" + ").join(
+        sql.SQL(
+            "(SELECT count(DISTINCT t.{e}) FROM {t} AS t WHERE (%(s)s::timestamptz IS NULL "
+            "OR t.event_timestamp > %(s)s) AND t.event_timestamp <= %(e)s)"
+        ).format(e=sql.Identifier(v.entity), t=sql.Identifier(v.table))
+        for v in VIEWS.values()
+    )
+    with db.connection(settings) as conn:
+        return conn.execute(sql.SQL("SELECT {}").format(counts), {"s": start, "e": end}).fetchone()[0]
+
+
+def run_changes(settings: Settings, runs: list[dict]) -> dict[int, int]:
+    """Per succeeded run id: the entities its window brought to the online store (the job itself
+    records only the online key total afterwards)."""
+    return {i: entities_in_window(settings, s, e) for i, (s, e) in run_windows(settings, runs).items()}
 
 
 def run_after(settings: Settings, after_id: int, requested_by: str) -> dict | None:
