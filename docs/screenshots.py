@@ -33,6 +33,23 @@ def _shot(page, name: str, height: int) -> None:
     print(f"wrote docs/{name}.png", file=sys.stderr)
 
 
+def _settled(page, charts: int = 0) -> None:
+    """Wait until the script run has finished (no running indicator) and ``charts`` Plotly charts are drawn."""
+    if charts:
+        page.wait_for_function(
+            f"document.querySelectorAll('[data-testid=\"stPlotlyChart\"] .main-svg').length >= {charts}"
+        )
+    page.wait_for_function("!document.querySelector('[data-testid=\"stStatusWidget\"]')")
+
+
+def _phone_shot(page, name: str, height: int) -> None:
+    page.set_viewport_size({"width": 390, "height": height})
+    page.wait_for_timeout(1500)
+    page.screenshot(path=str(OUT / f"{name}.png"))
+    page.set_viewport_size({"width": 390, "height": 844})
+    print(f"wrote docs/{name}.png", file=sys.stderr)
+
+
 def capture(url: str, password: str) -> None:
     from playwright.sync_api import sync_playwright
 
@@ -62,14 +79,15 @@ def capture(url: str, password: str) -> None:
 
         page.get_by_role("link", name="Explore features").click()
         page.get_by_text("Snapshot rows").first.wait_for()
-        page.get_by_role("tab", name="Histograms").click()
-        page.wait_for_function("document.querySelectorAll('[data-testid=\"stPlotlyChart\"] .main-svg').length >= 9")
-        _shot(page, "explore", 1900)
+        page.get_by_role("tab", name="Default rate").click()
+        page.get_by_text("Default rate by credit_card_due").first.wait_for()
+        _settled(page, charts=1)
+        _shot(page, "explore", 1500)
 
         page.get_by_role("link", name="Materialize").click()
-        page.get_by_text("Online store freshness").first.wait_for()
-        _shot(page, "materialize", 1900)
-
+        page.get_by_text("Mode:").first.wait_for()
+        _settled(page)
+        _shot(page, "materialize", 1400)
         page.get_by_role("link", name="Model card").click()
         page.get_by_text("Feature importance").first.wait_for()
         _shot(page, "model_card", 1900)
@@ -91,10 +109,19 @@ def capture(url: str, password: str) -> None:
         )
         phone.get_by_role("button", name="Decide").click()
         phone.get_by_text("Your recent decisions").wait_for()
-        phone.set_viewport_size({"width": 390, "height": 4200})
-        phone.wait_for_timeout(1500)
-        phone.screenshot(path=str(OUT / "apply_phone.png"))
-        print("wrote docs/apply_phone.png", file=sys.stderr)
+        _phone_shot(phone, "apply_phone", 4200)
+
+        # Explore and Materialize on the phone: the filters are on the page, not in a sidebar over it.
+        phone.goto(f"{url}/explore")
+        phone.get_by_text("Snapshot rows").first.wait_for()
+        phone.get_by_role("tab", name="By state").click()
+        phone.get_by_text("Mean credit_card_due by state").first.wait_for()
+        _settled(phone, charts=1)
+        _phone_shot(phone, "explore_phone", 1900)
+        phone.goto(f"{url}/materialize")
+        phone.get_by_text("Mode:").first.wait_for()
+        _settled(phone)
+        _phone_shot(phone, "materialize_phone", 2000)
         _batch(page, phone, url)
         browser.close()
 

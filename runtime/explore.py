@@ -157,8 +157,16 @@ def summary(settings: Settings, view_name: str, filters: Filters | None = None) 
     names = ("count", "mean", "std", "min", "median", "p95", "max")
     table = []
     for i, f in enumerate(view.features):
-        vals = row[4 + i * len(names) : 4 + (i + 1) * len(names)]
-        table.append({"feature": f, **dict(zip(names, vals, strict=True))})
+        vals = dict(zip(names, row[4 + i * len(names) : 4 + (i + 1) * len(names)], strict=True))
+        missing = head["rows"] - vals["count"]
+        table.append(
+            {
+                "feature": f,
+                **vals,
+                "missing": missing,
+                "missing %": 100.0 * missing / head["rows"] if head["rows"] else 0.0,
+            }
+        )
     return head, pd.DataFrame(table)
 
 
@@ -186,20 +194,33 @@ def histogram(
     )
 
 
-def snapshots_over_time(
-    settings: Settings, view_name: str, filters: Filters | None = None, grain: str = "month"
+QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
+
+
+def quantiles_over_time(
+    settings: Settings, view_name: str, feature: str, filters: Filters | None = None, grain: str = "month"
 ) -> pd.DataFrame:
-    """Snapshot rows and distinct entities per period: columns period, snapshots, entities."""
+    """How one feature's values drift: per period, its rows, mean and quantiles (p10, p25, p50, p75, p90).
+
+    Columns: period, rows, entities, mean, p10, p25, p50, p75, p90 (nulls are left out of the
+    quantiles and the mean, and counted in ``missing``)."""
     view = _view(view_name)
     if grain not in GRAINS:
         raise ValueError(f"grain must be one of {', '.join(GRAINS)}")
     where, params = _where(view, filters)
     query = sql.SQL(
-        "SELECT date_trunc(%s, t.event_timestamp) AS period, count(*) AS snapshots, count(DISTINCT {e}) AS entities "
+        "SELECT date_trunc(%s, t.event_timestamp) AS period, count(*) AS rows, count(DISTINCT {e}) AS entities, "
+        "count(*) - count({c}) AS missing, avg({c})::float8 AS mean, "
+        "percentile_cont(%s::float8[]) WITHIN GROUP (ORDER BY {c}) AS q "
         "FROM {t} AS t WHERE {w} GROUP BY 1 ORDER BY 1"
-    ).format(e=_col(view, view.entity), t=sql.Identifier(view.table), w=where)
+    ).format(e=_col(view, view.entity), c=_col(view, feature), t=sql.Identifier(view.table), w=where)
     with _conn(settings) as conn:
-        return _frame(conn, query, [grain, *params])
+        df = _frame(conn, query, [grain, list(QUANTILES), *params])
+    names = [f"p{round(q * 100)}" for q in QUANTILES]
+    if df.empty:
+        return pd.DataFrame(columns=["period", "rows", "entities", "missing", "mean", *names])
+    quantiles = pd.DataFrame([q or [None] * len(QUANTILES) for q in df.pop("q")], columns=names, dtype="float64")
+    return pd.concat([df, quantiles], axis=1)
 
 
 def by_state(settings: Settings, view_name: str, feature: str, filters: Filters | None = None) -> pd.DataFrame:
@@ -223,6 +244,50 @@ def by_state(settings: Settings, view_name: str, feature: str, filters: Filters 
     ).format(p=place, e=_col(view, view.entity), c=_col(view, feature), t=sql.Identifier(view.table), j=joins, w=where)
     with _conn(settings) as conn:
         return _frame(conn, query, params)
+
+
+def default_rate_by_bucket(
+    settings: Settings, view_name: str, feature: str, filters: Filters | None = None, buckets: int = 10
+) -> pd.DataFrame:
+    """Default rate of the loans by bucket of one feature, as a point-in-time join sees it.
+
+    Each loan (the ``loans`` table, ``loan_status`` 1 = defaulted) is joined to the latest
+    snapshot of its applicant (or zipcode) at or before the loan's date and within the view's
+    TTL — the row a training set gets.  Buckets are quantiles of the joined values (by percent
+    rank, so ties stay together: a feature with few distinct values gets a bucket per value, and
+    a feature that is mostly 0 gets a bucket of its zeros); loans with no
+    snapshot in reach form their own bucket (``lo`` and ``hi`` empty).  The filters apply to
+    the joined snapshot (value ranges) and to the loan's applicant or zipcode (state, city).
+
+    Columns: bucket (0.. ; NULL for no snapshot), lo, hi, loans, defaults, rate.
+    """
+    view = _view(view_name)
+    buckets = max(2, min(int(buckets), 50))
+    where, params = _where(view, filters)
+    key = sql.Identifier(view.entity)
+    cols = sql.SQL(", ").join(sql.Identifier("c", f) for f in view.features)
+    query = sql.SQL(
+        "WITH j AS ("
+        " SELECT {v}::float8 AS v, t.loan_status FROM ("
+        "  SELECT l.{k}, l.loan_status, s.* FROM loans l LEFT JOIN LATERAL ("
+        "   SELECT {cols} FROM {tbl} AS c WHERE c.{k} = l.{k} AND c.event_timestamp <= l.event_timestamp"
+        "   AND c.event_timestamp >= l.event_timestamp - %s::interval"
+        "   ORDER BY c.event_timestamp DESC, c.created_timestamp DESC LIMIT 1) s ON TRUE) AS t"
+        " WHERE {w}), "
+        "r AS (SELECT v, loan_status, least(floor(percent_rank() OVER (ORDER BY v) * %s), %s - 1) AS b "
+        " FROM j WHERE v IS NOT NULL) "
+        "SELECT b AS bucket, min(v) AS lo, max(v) AS hi, count(*) AS loans, sum(loan_status)::bigint AS defaults "
+        "FROM r GROUP BY 1 "
+        "UNION ALL SELECT NULL, NULL, NULL, count(*), sum(loan_status)::bigint FROM j WHERE v IS NULL "
+        "HAVING count(*) > 0 "
+        "ORDER BY 1 NULLS LAST"
+    ).format(v=_col(view, feature), k=key, cols=cols, tbl=sql.Identifier(view.table), w=where)
+    with _conn(settings) as conn:
+        df = _frame(conn, query, [view.ttl, *params, buckets, buckets])
+    if df.empty:
+        return pd.DataFrame(columns=["bucket", "lo", "hi", "loans", "defaults", "rate"])
+    df["rate"] = df["defaults"] / df["loans"]
+    return df
 
 
 # --- one entity over time -------------------------------------------------------------------
@@ -316,13 +381,29 @@ def sample_application(settings: Settings) -> dict | None:
 
 
 # --- offline freshness (for the materialize page) -------------------------------------------
-def offline_newest(settings: Settings, view_name: str, since: datetime | None) -> dict:
-    """Newest event time in the offline table and how many rows are newer than ``since``."""
+def offline_window(settings: Settings, view_name: str, since: datetime | None, until: datetime) -> dict:
+    """The offline table against a materialization window ending at ``since``, up to ``until``.
+
+    Returns {oldest, newest: the table's first and last event times; online_newest: the newest
+    event time at or before ``since`` (the newest data the online store can hold); pending and
+    pending_entities: the rows (and distinct entities) in (since, until], what an incremental run
+    would write; None as ``since`` means never materialized (everything up to ``until``)}.
+    """
     view = _view(view_name)
     query = sql.SQL(
-        "SELECT max(t.event_timestamp), count(*) FILTER (WHERE %s::timestamptz IS NULL OR t.event_timestamp > %s) "
-        "FROM {t} AS t"
-    ).format(t=sql.Identifier(view.table))
+        "SELECT min(t.event_timestamp), max(t.event_timestamp), "
+        "max(t.event_timestamp) FILTER (WHERE t.event_timestamp <= %s), "
+        "count(*) FILTER (WHERE (%s::timestamptz IS NULL OR t.event_timestamp > %s) AND t.event_timestamp <= %s), "
+        "count(DISTINCT {e}) FILTER (WHERE (%s::timestamptz IS NULL OR t.event_timestamp > %s) "
+        "AND t.event_timestamp <= %s) FROM {t} AS t"
+    ).format(e=_col(view, view.entity), t=sql.Identifier(view.table))
     with _conn(settings) as conn:
-        newest, pending = conn.execute(query, [since, since]).fetchone()
-    return {"newest": newest, "pending": pending}
+        row = conn.execute(query, [since, since, since, until, since, since, until]).fetchone()
+    oldest, newest, online_newest, pending, entities = row
+    return {
+        "oldest": oldest,
+        "newest": newest,
+        "online_newest": online_newest,
+        "pending": pending,
+        "pending_entities": entities,
+    }

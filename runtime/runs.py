@@ -12,10 +12,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 
+from psycopg import sql
 from psycopg.rows import dict_row
 
 from runtime import db
+from runtime.explore import VIEWS
 from runtime.settings import Settings, home
 
 INTERRUPTED = (
@@ -37,6 +40,30 @@ def _lock_params() -> list[int]:
     return [(LOCK_KEY >> 32) & 0xFFFFFFFF, LOCK_KEY & 0xFFFFFFFF]
 
 
+_STEP = re.compile(r"\[(\d+)/(\d+)\]")
+_ROWS = re.compile(r"([\d,]+) rows written")
+
+
+def progress_fraction(progress: str | None, expected: dict[str, int]) -> float | None:
+    """How far a run is, 0..1, from its progress line ("[1/2] credit_history: 20,000 rows written") and
+    the entities expected per view; below 1 until the line says "done".  None for a line that does
+    not say (a clean-up step, a message of another engine): the caller keeps what it showed."""
+    if not progress:
+        return 0.0
+    if progress == "done":
+        return 1.0
+    step = _STEP.search(progress)
+    if not step:
+        return None
+    i, n = int(step[1]), max(int(step[2]), 1)
+    part = 0.0
+    rows = _ROWS.search(progress)
+    view = next((name for name in expected if name in progress), None)
+    if rows and view and expected.get(view):
+        part = min(int(rows[1].replace(",", "")) / expected[view], 0.99)
+    return min(((i - 1) + part) / n, 0.99)
+
+
 def materialize_runs(settings: Settings, limit: int = 20) -> list[dict]:
     with db.connection(settings) as conn:
         cur = conn.cursor(row_factory=dict_row)
@@ -49,6 +76,64 @@ def materialize_runs(settings: Settings, limit: int = 20) -> list[dict]:
             "FROM loan_desk_materialize_runs ORDER BY id DESC LIMIT %s",
             [*_lock_params(), INTERRUPTED, limit],
         ).fetchall()
+
+
+def run_windows(settings: Settings, runs: list[dict]) -> dict[int, tuple]:
+    """Per succeeded run id: the window (start, end] it brought to the online store.
+
+    A full run's window is its own (window_start, window_end]; an incremental run's starts at
+    the end of the successful run before it (None before any: everything up to its end)."""
+    done = sorted((r for r in runs if r["status"] == "succeeded"), key=lambda r: r["id"])
+    if not done:
+        return {}
+    with db.connection(settings) as conn:
+        prev_end = conn.execute(
+            "SELECT max(window_end) FROM loan_desk_materialize_runs WHERE status = 'succeeded' AND id < %s",
+            [done[0]["id"]],
+        ).fetchone()[0]
+    windows = {}
+    for r in done:
+        windows[r["id"]] = (r["window_start"] if r["mode"] == "full" else prev_end, r["window_end"])
+        prev_end = r["window_end"]
+    return windows
+
+
+def entities_in_window(settings: Settings, start, end) -> int:
+    """Entities of every view with a row in (start, end], counted on the offline tables as they are
+    now: what a run of that window wrote to the online store (an entity with several rows counts
+    once, the online store keeps its latest)."""
+    counts = sql.SQL(" + ").join(
+        sql.SQL(
+            "(SELECT count(DISTINCT t.{e}) FROM {t} AS t WHERE (%(s)s::timestamptz IS NULL "
+            "OR t.event_timestamp > %(s)s) AND t.event_timestamp <= %(e)s)"
+        ).format(e=sql.Identifier(v.entity), t=sql.Identifier(v.table))
+        for v in VIEWS.values()
+    )
+    with db.connection(settings) as conn:
+        return conn.execute(sql.SQL("SELECT {}").format(counts), {"s": start, "e": end}).fetchone()[0]
+
+
+def run_changes(settings: Settings, runs: list[dict]) -> dict[int, int]:
+    """Per succeeded run id: the entities its window brought to the online store (the job itself
+    records only the online key total afterwards)."""
+    return {i: entities_in_window(settings, s, e) for i, (s, e) in run_windows(settings, runs).items()}
+
+
+def run_after(settings: Settings, after_id: int, requested_by: str) -> dict | None:
+    """The first run ``requested_by`` started after run ``after_id`` (as materialize_runs shows it)."""
+    with db.connection(settings) as conn:
+        found = conn.execute(
+            "SELECT min(id) FROM loan_desk_materialize_runs WHERE id > %s AND requested_by = %s",
+            [after_id, requested_by],
+        ).fetchone()[0]
+    if found is None:
+        return None
+    return next((r for r in materialize_runs(settings, limit=100) if r["id"] == found), None)
+
+
+def last_run_id(settings: Settings) -> int:
+    with db.connection(settings) as conn:
+        return conn.execute("SELECT coalesce(max(id), 0) FROM loan_desk_materialize_runs").fetchone()[0]
 
 
 def materialize_lock_held(settings: Settings) -> bool:

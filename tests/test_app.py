@@ -214,6 +214,28 @@ def test_explore_queries_are_parameterized(backbone):
     assert set(E.by_state(s, "credit_history", "hard_pulls", f)["state"]) <= {state}
 
 
+def test_drift_quantiles_and_default_rates_add_up(backbone, pg):
+    from runtime import explore as E
+
+    s = backbone["settings"]
+    drift = E.quantiles_over_time(s, "credit_history", "credit_card_due", grain="quarter")
+    assert drift["rows"].sum() == E.summary(s, "credit_history")[0]["rows"]
+    assert (drift["p10"] <= drift["p50"]).all() and (drift["p50"] <= drift["p90"]).all()
+    with pytest.raises(ValueError):
+        E.quantiles_over_time(s, "credit_history", "credit_card_due", grain="minute; DROP TABLE loans")
+    loans, defaults = pg.execute("SELECT count(*), sum(loan_status) FROM loans").fetchone()
+    for view, feature in (("credit_history", "missed_payments_2y"), ("zipcode_features", "population")):
+        rates = E.default_rate_by_bucket(s, view, feature, buckets=5)
+        assert rates["loans"].sum() == loans and rates["defaults"].sum() == defaults, view
+        assert rates["rate"].between(0, 1).all()
+        known = rates.dropna(subset=["lo"])
+        assert (known["lo"].iloc[1:].to_numpy() > known["hi"].iloc[:-1].to_numpy()).all()  # disjoint, in order
+    # A range filter keeps only loans whose joined value is in the range.
+    f = E.Filters(ranges=(("missed_payments_2y", 1, 2),))
+    rates = E.default_rate_by_bucket(s, "credit_history", "missed_payments_2y", f)
+    assert set(rates["lo"]) <= {1.0, 2.0} and rates["loans"].sum() < loans
+
+
 def test_point_in_time_respects_the_ttl(backbone):
     from datetime import timedelta
 
@@ -249,16 +271,45 @@ def test_pages_show_postgres_down_without_traceback(backbone, monkeypatch):
 def test_explore_refuses_nul_bytes_and_echoes_input_cut_short(backbone):
     at = _app("pages/explore.py", "t_user", "officer").run()
     assert not at.exception
+    at.session_state["explore_tab"] = "One entity"  # the tab that asks for an entity
+    at.run()
     box = at.text_input(key="entity_credit_history")
     box.input("19800101\x00_1234").run()
     text = _texts(at)
     assert "contains a NUL byte or another control character" in text, text
     assert "PostgreSQL" not in text and "0x00" not in text
+    # An applicant id that is not YYYYMMDD_NNNN: said so, and what was typed is not echoed.
     box = at.text_input(key="entity_credit_history")
-    box.input("**bold** " + "x" * 50).run()  # within the field's 64 characters
+    box.input("**bold** 19800101_1234").run()
     text = _texts(at)
-    assert "No credit_history snapshots for “**bold** " + "x" * 31 + "…”." in text, text  # literal, cut at 40
+    assert "not in that form" in text and "19800101_1234" not in text, text
+    # An unknown applicant: echoed masked.
+    at.text_input(key="entity_credit_history").input("18000101_1234").run()
+    text = _texts(at)
+    assert "No credit_history snapshots for “1800****_**34”." in text, text
+    assert "18000101_1234" not in text
+    # A zipcode is echoed as typed (literal, cut at 40).
+    at.selectbox(key="explore_view").set_value("zipcode_features").run()
+    at.text_input(key="entity_zipcode_features").input("**bold** " + "x" * 50).run()
+    text = _texts(at)
+    assert "A zipcode is a number; you typed “**bold** " + "x" * 31 + "…”." in text, text
+
+
+def test_explore_pick_list_shows_masked_ids_and_keeps_the_real_one(backbone):
+    from runtime import explore as E
+    from runtime.schema import masked_applicant
+
+    keys = E.example_keys(backbone["settings"], "credit_history")
+    at = _app("pages/explore.py", "t_user", "officer")
+    at.session_state["explore_tab"] = "One entity"
+    at.run()
     assert not at.exception
+    pick = at.selectbox(key="pick_credit_history")
+    assert pick.options[0] == masked_applicant(keys[0]) and keys[0] not in pick.options
+    assert pick.value == keys[0]  # the real id, for the queries
+    text = _texts(at)
+    assert f"Applicant {masked_applicant(keys[0])}" in text, text
+    assert not any(k in text for k in keys)
 
 
 def test_run_history_shows_labels_as_plain_text(backbone, pg):

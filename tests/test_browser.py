@@ -8,6 +8,7 @@ copies of them).
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -146,8 +147,45 @@ def test_deep_link_lands_after_first_click_login_and_explore_renders(app_url, pa
         "document.querySelectorAll('[data-testid=\"stPlotlyChart\"] .main-svg').length >= 9", timeout=60_000
     )
     _shot(page, "explore")
+    # Only the open tab runs: after switching, the nine histograms are gone and one chart is left.
     page.get_by_role("tab", name="By state").click()
     _expect_text(page, "Mean credit_card_due by state", 60_000)
+    page.wait_for_function("document.querySelectorAll('[data-testid=\"stPlotlyChart\"]').length === 1", timeout=60_000)
+    assert page.locator('[data-testid="stPlotlyChart"] .modebar').count() == 0  # no toolbar over the titles
+    page.get_by_role("tab", name="Drift over time").click()
+    _expect_text(page, "credit_card_due: quantiles per month", 60_000)
+    page.get_by_role("tab", name="Default rate").click()
+    _expect_text(page, "Default rate by credit_card_due", 60_000)
+    _expect_text(page, "joined point in time")
+    _no_traceback(page)
+
+
+def test_explore_shows_applicant_ids_masked(app_url, page, backbone):
+    from runtime import explore as E
+    from runtime.schema import masked_applicant
+
+    keys = E.example_keys(backbone["settings"], "credit_history")
+    page.set_viewport_size({"width": 1366, "height": 900})
+    page.goto(f"{app_url}/explore")
+    _login(page, OFFICER)
+    _expect_text(page, "Snapshot rows", 60_000)
+    page.get_by_role("tab", name="One entity").click()
+    _expect_text(page, f"Applicant {masked_applicant(keys[0])}", 60_000)
+    page.locator('[data-testid="stPlotlyChart"]').first.wait_for(timeout=60_000)
+    _shots(page, "explore_entity")
+    page.get_by_label("…or pick a recent applicant").click()  # open the list: every label masked
+    page.get_by_role("option").first.wait_for()
+    options = page.get_by_role("option").all_inner_texts()
+    assert options and all(re.fullmatch(r"\d{4}\*{4}_\*{2}\d{2}( \(\d+\))?", o) for o in options), options
+    page.keyboard.press("Escape")
+    typed = page.get_by_label("Applicant: date of birth and SSN last four (YYYYMMDD_NNNN)", exact=True)
+    assert typed.get_attribute("type") == "password"
+    typed.fill("18000101_1234")
+    typed.press("Enter")
+    _expect_text(page, "No credit_history snapshots for “1800****_**34”.")
+    html = page.content()
+    assert not any(k in html for k in keys)  # not in a label, a title, a message or the page's data
+    assert "18000101_1234" not in page.inner_text("body")
     _no_traceback(page)
 
 
@@ -202,7 +240,7 @@ def test_officer_cannot_open_materialize_by_url(app_url, page):
     assert "Page not found" not in page.inner_text("body")
     assert "Materialize" not in page.locator('[data-testid="stSidebarNav"]').inner_text()
     _shot(page, "officer_on_materialize")
-    assert page.get_by_text("Online store freshness").count() == 0
+    assert page.get_by_text("What a run does now").count() == 0
     assert page.get_by_role("button", name="Materialize up to now").count() == 0
     _no_traceback(page)
 
@@ -220,21 +258,37 @@ def test_model_card(app_url, page):
 
 
 def test_admin_materializes_and_sees_the_run(app_url, page, pg):
+    before = pg.execute("SELECT coalesce(max(id), 0) FROM loan_desk_materialize_runs").fetchone()[0]
+    page.set_viewport_size({"width": 1366, "height": 900})
     page.goto(f"{app_url}/materialize")
     _login(page, ADMIN)
-    _expect_text(page, "Online store freshness")
+    _expect_text(page, "What a run does now")
+    _expect_text(page, "Mode:", 60_000)  # the preview: the mode, the window and the rows, before the click
+    preview = page.get_by_text("Mode:").first.locator("xpath=..").inner_text()
+    assert "incremental" in preview or "full refresh" in preview, preview
+    _expect_text(page, "data age")
+    _shots(page, "materialize_preview")
     page.get_by_role("button", name="Materialize up to now").click()
-    _expect_text(page, "Materialization complete", 180_000)
+    done = page.locator('[data-testid="stAlert"]').filter(has_text="complete").first
+    done.wait_for(timeout=180_000)
     row = pg.execute(
-        "SELECT status, rows FROM loan_desk_materialize_runs WHERE requested_by = %s ORDER BY id DESC LIMIT 1",
-        [ADMIN[0]],
+        "SELECT id, status, mode FROM loan_desk_materialize_runs WHERE requested_by = %s AND id > %s "
+        "ORDER BY id LIMIT 1",
+        [ADMIN[0], before],
     ).fetchone()
-    assert row is not None and row[0] == "succeeded"
+    assert row is not None and row[1] == "succeeded"
+    assert f"Materialization #{row[0]} complete ({row[2]}" in done.inner_text()
+    # The history, re-read after the run, says the same: the run's row is there and succeeded.
     runs = page.locator('[data-testid="stTable"]').last
-    runs.wait_for()
-    history = runs.inner_text()
-    assert ADMIN[0] in history and "succeeded" in history
+    page.wait_for_function(
+        "([id, who]) => [...document.querySelectorAll('[data-testid=\"stTable\"] tr')].some("
+        "tr => tr.innerText.startsWith(id) && tr.innerText.includes(who) && tr.innerText.includes('succeeded'))",
+        arg=[str(row[0]), ADMIN[0]],
+        timeout=60_000,
+    )
+    assert "running" not in runs.inner_text()
     _shot(page, "materialize")
+    _shots(page, "materialize_done")
     _no_traceback(page)
 
 
@@ -303,7 +357,7 @@ def test_logout_ends_the_session_so_a_saved_cookie_signs_nobody_in(app_url, brow
         _shots(other, "saved_cookie_after_logout")
         other.goto(f"{app_url}/materialize")
         other.get_by_label("User name").wait_for()
-        assert other.get_by_text("Online store freshness").count() == 0
+        assert other.get_by_text("What a run does now").count() == 0
         _no_traceback(other)
     finally:
         thief.close()
@@ -379,7 +433,7 @@ def test_run_labels_render_as_text_and_fetch_nothing(app_url, page, pg):
     try:
         page.goto(f"{app_url}/materialize")
         _login(page, ADMIN)
-        _expect_text(page, "Online store freshness")
+        _expect_text(page, "What a run does now")
         runs = page.locator('[data-testid="stTable"]').last
         runs.wait_for()
         page.wait_for_timeout(1500)

@@ -77,3 +77,48 @@ def test_an_error_lost_with_the_connection_is_recorded_by_the_next_run(backbone,
     ).fetchone()
     assert status == "failed"
     assert "recorded by the next run" in error and "terminating connection" in error
+
+
+def test_an_incremental_run_with_nothing_new_reports_no_entities_written(backbone, pg):
+    """The runs table records the online key total; the page reports what each window brought."""
+    from datetime import timedelta
+
+    from psycopg import sql
+
+    from feast_ext.materialize import materialize
+    from runtime import runs
+    from runtime.explore import VIEWS
+
+    s = backbone["settings"]
+    first = materialize(s, requested_by="t_changes_1")
+    second = materialize(s, requested_by="t_changes_2", end=first.end + timedelta(seconds=1))
+    assert second.mode == "incremental"
+    recent = runs.materialize_runs(s, limit=10)
+    changes = runs.run_changes(s, recent)
+    by_who = {r["requested_by"]: r for r in recent}
+    assert by_who["t_changes_2"]["rows"] > 0  # what the job records: every key online
+    assert changes[by_who["t_changes_2"]["id"]] == 0  # what it brought: nothing new
+    # A full window counts every entity with a row in it.
+    full = next(r for r in runs.materialize_runs(s, limit=100) if r["mode"] == "full")
+    query = "SELECT count(DISTINCT {}) FROM {} WHERE event_timestamp > %s AND event_timestamp <= %s"
+    expected = sum(
+        pg.execute(
+            sql.SQL(query).format(sql.Identifier(v.entity), sql.Identifier(v.table)),
+            [full["window_start"], full["window_end"]],
+        ).fetchone()[0]
+        for v in VIEWS.values()
+    )
+    assert runs.run_changes(s, [full])[full["id"]] == expected > 0
+
+
+def test_progress_fraction_follows_the_run_line():
+    from runtime.runs import progress_fraction
+
+    expected = {"zipcode_features": 1000, "credit_history": 3000}
+    assert progress_fraction(None, expected) == 0.0
+    assert progress_fraction("[1/2] materializing zipcode_features ...", expected) == 0.0
+    assert progress_fraction("[1/2] zipcode_features: 500 rows written", expected) == pytest.approx(0.25)
+    assert progress_fraction("[2/2] credit_history: 1,500 rows written", expected) == pytest.approx(0.75)
+    assert progress_fraction("[2/2] credit_history: 9,000 rows written", expected) < 1.0  # more than expected
+    assert progress_fraction("removed 12 online rows of entities no longer in the data", expected) is None
+    assert progress_fraction("done", expected) == 1.0
