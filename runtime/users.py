@@ -22,7 +22,7 @@ from runtime import db
 from runtime.errors import clip
 from runtime.settings import Settings
 
-ROLES = ("officer", "admin")
+ROLES = ("officer", "underwriter", "admin")
 MIN_PASSWORD = 8
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 DEFAULT_USERS = (("admin", "admin", "LOAN_DESK_ADMIN_PASSWORD"), ("officer", "officer", "LOAN_DESK_OFFICER_PASSWORD"))
