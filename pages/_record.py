@@ -19,7 +19,9 @@ OUTCOME_TEXT = {
 }
 
 
-def outcome_banner(outcome: str, probability, cutoff, band, decision_id: int | None = None) -> None:
+def outcome_banner(
+    outcome: str, probability, cutoff, band, decision_id: int | None = None, pending: bool = True
+) -> None:
     word, show, icon = OUTCOME_TEXT[outcome]
     if probability is None:
         detail = "no score: the data it needs is missing or stale"
@@ -32,7 +34,7 @@ def outcome_banner(outcome: str, probability, cutoff, band, decision_id: int | N
         }[outcome]
         detail = f"probability of default {probability:.1%}, {where} (cut-off {cutoff:.1%})"
     suffix = f" · decision #{decision_id}" if decision_id is not None else ""
-    if outcome == "refer":
+    if outcome == "refer" and pending:
         suffix += " · waiting in the review queue"
     show(f"**{word}** — {detail}{suffix}", icon=icon)
 
