@@ -16,6 +16,12 @@ from runtime import decisions as audit
 from runtime.reviews import reason_text
 from runtime.schema import masked_applicant
 
+
+def _height(rows: int) -> int:
+    """A table tall enough for all its rows (35 px each, plus the header)."""
+    return 35 * (rows + 1) + 3
+
+
 STATUS_MARK = {"ok": "ok", "missing": "MISSING", "stale": "STALE (not used)"}
 SEE_ALL = ("underwriter", "admin")
 
@@ -65,7 +71,7 @@ def _inputs(record: dict) -> None:
         {"input": "Applicant (masked)" if k == "dob_ssn" else LABELS.get(k, k), "value": _value(k, v)}
         for k, v in inputs.items()
     ]
-    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", height=_height(len(rows)))
 
 
 def _features(record: dict) -> None:
@@ -89,6 +95,7 @@ def _features(record: dict) -> None:
         ),
         hide_index=True,
         width="stretch",
+        height=_height(len(feats)),
     )
 
 
@@ -117,7 +124,12 @@ def _versions(record: dict) -> None:
     else:
         facts["Challenger (shadow)"] = "none"
     st.markdown("**Record**")
-    st.dataframe(pd.DataFrame({"": list(facts), "value": list(facts.values())}), hide_index=True, width="stretch")
+    st.dataframe(
+        pd.DataFrame({"": list(facts), "value": list(facts.values())}),
+        hide_index=True,
+        width="stretch",
+        height=_height(len(facts)),
+    )
 
 
 def _review(record: dict) -> None:
@@ -162,7 +174,7 @@ def _replay(record: dict) -> None:
     else:
         show = st.success if r.equal else st.error
         show(
-            f"**Score {'reproduced' if r.equal else 'NOT reproduced'}** with model `{plain(r.model_version)}`: "
+            f"**Score {'reproduced' if r.equal else 'NOT reproduced'}** with model {plain(r.model_version)}: "
             f"recorded {r.recorded:.12f}, replayed {r.replayed:.12f} (difference {r.difference:.1e}, "
             f"tolerance 1e-9)",
             icon=":material/check_circle:" if r.equal else ":material/error:",
@@ -205,6 +217,7 @@ def _replay(record: dict) -> None:
         ),
         hide_index=True,
         width="stretch",
+        height=_height(len(checks)),
     )
 
 

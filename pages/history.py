@@ -25,7 +25,12 @@ def _word(code: str | None) -> str:
 def _criteria_form(role: str) -> history.Criteria | None:
     """The filters; returns new criteria when searched (None otherwise, or when they are wrong)."""
     see_all = role in history.SEE_ALL
-    with st.form("ld_history_search", border=True):
+    current = st.session_state.get("ld_hist_criteria")
+    label = "Search" + (f": {_describe(current)}" if current else "")
+    with (
+        st.expander(label, expanded=current is None, icon=":material/search:"),
+        st.form("ld_history_search", border=False),
+    ):
         c1, c2, c3 = st.columns(3)
         born = c1.date_input(
             "Applicant's date of birth",
@@ -122,7 +127,7 @@ with guarded("The decision history is unavailable"):
                 {
                     "id": f"/decision?id={r['id']}",
                     "outcome": history.status_text(r),
-                    "PD": None if r["probability"] is None else f"{r['probability']:.1%}",
+                    "PD": "no score" if r["probability"] is None else f"{r['probability']:.1%}",
                     "amount": None if r["loan_amnt"] is None else f"{r['loan_amnt']:,.0f}",
                     "applicant": masked_applicant(r["applicant"]),
                     "decided (UTC)": f"{r['decided_at'].astimezone(UTC):%Y-%m-%d %H:%M}",

@@ -116,11 +116,18 @@ def _panel(decision_id: int, user: str, role: str) -> None:
         )
         + f" · [open the full record](/decision?id={decision_id})"
     )
-    for why in d.get("refer_reasons") or []:
-        st.warning(plain(why), icon=":material/person_search:")
-    if d.get("reasons"):
-        st.markdown("**Principal reasons**")
-        reasons_list(d["reasons"])
+    info, act = st.columns([1.2, 1], gap="large")
+    with info:
+        for why in d.get("refer_reasons") or []:
+            st.warning(plain(why), icon=":material/person_search:")
+        if d.get("reasons"):
+            st.markdown("**Principal reasons**")
+            reasons_list(d["reasons"])
+    with act:
+        _verdict(d, decision_id, user, role)
+
+
+def _verdict(d: dict, decision_id: int, user: str, role: str) -> None:
     if done := d.get("review"):
         why = reviews.reason_text(done["outcome"], done["reason_code"])
         st.info(
@@ -163,17 +170,17 @@ def _panel(decision_id: int, user: str, role: str) -> None:
 
 
 user, role = require("underwriter", "admin")
-st.title(":material/fact_check: Review queue")
+st.title(":material/how_to_reg: Review queue")
 if notice := st.session_state.pop("ld_review_notice", None):
     st.success(plain(notice), icon=":material/check_circle:")
 requested = _requested_id()
-left, right = st.columns([1.25, 1], gap="large")
 picked = None
-with left, guarded("The review queue is unavailable"):
+with guarded("The review queue is unavailable"):
     picked = _queue(user)
-with right, guarded("This referral is unavailable"):
+with guarded("This referral is unavailable"):
     target = picked["id"] if picked is not None else requested
     if target is None:
         st.caption("Nothing to review: the queue is empty, or every referral in it is your own.")
     else:
+        st.divider()
         _panel(target, user, role)
