@@ -1,6 +1,6 @@
 """Loan Desk benchmarks: `uv run python -m bench [NAME ...]` (none = all).
 
-NAME: decision, materialize, training, load, operations, app, api, cluster.  Each prints a table and merges its figures
+NAME: decision, materialize, training, load, operations, app, api, cluster, history.  Each prints a table and merges its figures
 into bench/results.json.  Sizes: LOAN_DESK_BENCH_SMALL (30000) and LOAN_DESK_BENCH_BIG
 (1000000) applicants; --quick runs tiny sizes (the smoke test uses it).
 """
@@ -14,7 +14,7 @@ import sys
 import time
 import traceback
 
-NAMES = ("decision", "materialize", "training", "load", "operations", "app", "api", "cluster")
+NAMES = ("decision", "materialize", "training", "load", "operations", "app", "api", "cluster", "history")
 
 
 def main(argv: list[str] | None = None) -> int:
