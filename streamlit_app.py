@@ -234,7 +234,7 @@ def main() -> None:
         _warm_up()  # after the sign-in form is out: it warms up while the officer types
         return
     page = st.navigation(_pages_for(role))
-    if page.url_path == "apply" and role not in PAGES["apply"][3]:
+    if page.title == PAGES["apply"][1] and role not in PAGES["apply"][3]:
         st.switch_page(_page_objects()["review", "visible"])  # an underwriter's home is the review queue
     if token := st.session_state.pop("ld_set_cookie", None):
         st.html(_cookie_script(token), unsafe_allow_javascript=True)

@@ -137,6 +137,8 @@ def _review(record: dict) -> None:
         return
     review = record.get("review")
     if review is None:
+        if st.session_state.get("ld_role") in SEE_ALL:
+            st.markdown(f":material/how_to_reg: [Review it](/review?id={record['id']})")
         st.info(
             "Waiting in the review queue: an underwriter (not the officer who submitted it) "
             "will approve or decline it.",

@@ -147,6 +147,9 @@ with guarded("The decision history is unavailable"):
             },
             key="ld_hist_table",
         )
+    if len(page.rows) == 1 and page.next_after is None and not pages[:-1]:
+        only = page.rows[0]["id"]
+        st.markdown(f":material/receipt_long: [Open decision #{only}](/decision?id={only})")
     c1, c2, c3 = st.columns([1, 1, 2])
     if c1.button("Newer", icon=":material/arrow_back:", disabled=len(pages) == 1, key="ld_hist_prev"):
         pages.pop()

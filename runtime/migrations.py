@@ -192,6 +192,16 @@ CREATE TABLE loan_desk_model_events (
 );
 """,
     ),
+    (
+        5,
+        "decision history: an officer's decisions by outcome",
+        """
+-- An officer's own decisions filtered by outcome (the history page's commonest officer search):
+-- its page and its count read this index alone instead of every decision of the officer.
+CREATE INDEX IF NOT EXISTS loan_desk_decisions_user_outcome
+    ON loan_desk_decisions (username, outcome, decided_at DESC, id DESC);
+""",
+    ),
 ]
 _MIGRATE_LOCK = 0x4C444D49  # "LDMI"
 
