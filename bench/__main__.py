@@ -1,7 +1,7 @@
 """Loan Desk benchmarks: `uv run python -m bench [NAME ...]` (none = all).
 
-NAME: decision, materialize, training, load, operations, app, api, cluster, history.  Each prints a table and merges its figures
-into bench/results.json.  Sizes: LOAN_DESK_BENCH_SMALL (30000) and LOAN_DESK_BENCH_BIG
+NAME: decision, materialize, training, load, operations, app, api, cluster, history.  Each prints a
+table and merges its figures into bench/results.json.  Sizes: LOAN_DESK_BENCH_SMALL (30000) and LOAN_DESK_BENCH_BIG
 (1000000) applicants; --quick runs tiny sizes (the smoke test uses it).
 """
 

@@ -21,7 +21,7 @@ from datetime import UTC, datetime, timedelta
 from bench.common import BENCH_DB, BENCH_HOME, BENCH_REDIS, percentiles, record, say
 
 ROWS = int(os.environ.get("LOAN_DESK_BENCH_HISTORY_ROWS", "1000000"))
-QUICK = {"rows": 20_000, "runs": 5}
+QUICK = {"rows": 5_000, "runs": 5}
 OFFICERS = [f"officer_{i:02d}" for i in range(40)]
 TARGET_MS = 300.0
 DAYS = 730
