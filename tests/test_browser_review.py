@@ -63,6 +63,8 @@ def _refer(url, browser, user, pg) -> int:  # noqa: F811
     page.wait_for_function(
         "[...document.querySelectorAll('input')].some(i => i.getAttribute('aria-label') === 'Zipcode' && i.value)"
     )
+    # Streamlit may still show the previous run's form while it reruns: wait for one.
+    page.wait_for_function("document.querySelectorAll('input[aria-label=\"SSN last four\"]').length === 1")
     page.get_by_label("SSN last four").fill("0000")  # the sample's birth date with other digits: no credit file
     page.get_by_role("button", name="Decide").click()
     alert = page.locator('[data-testid="stAlert"]').filter(has_text="REFER").first
@@ -90,9 +92,11 @@ def test_refer_then_queue_then_underwriter_decides(users, browser, pg):  # noqa:
     _expect_text(page, "referrals waiting")
     page.goto(f"{users}/review?id={did}")
     _expect_text(page, f"Decision #{did}")
-    _expect_text(page, "no credit file")
+    page.locator('[data-testid="stAlert"]').filter(has_text="no credit file").first.wait_for()
     page.get_by_text("Decline", exact=True).click()
+    page.get_by_role("button", name="Record: decline").wait_for()  # the rerun brought the decline reasons
     page.locator('[data-testid="stSelectbox"]').filter(has_text="Reason").click()
+    page.keyboard.type("Income could not")  # the list is long: filter it as a person would
     page.get_by_role("option", name="Income could not be verified (INCOME_UNVERIFIED)").click()
     page.get_by_label("Note").fill("No pay slips after two requests")
     page.get_by_role("button", name="Record: decline").click()
@@ -156,7 +160,12 @@ def test_history_finds_a_decision_and_opens_its_record(users, browser, pg):  # n
     page.get_by_label("Decision #").fill(str(did))
     page.get_by_role("button", name="Search").click()
     _expect_text(page, f"decision #{did}")
-    page.get_by_role("link", name=f"Open decision #{did}").click()
+    link = page.get_by_role("link", name=f"Open decision #{did}")
+    assert link.get_attribute("href").endswith(f"/decision?id={did}")
+    with page.context.expect_page() as opened:  # Streamlit opens Markdown links in a new tab
+        link.click()
+    page = opened.value
+    page.set_default_timeout(60_000)
     page.wait_for_url(f"**/decision?id={did}")
     _expect_text(page, f"Decision #{did}")
     _expect_text(page, "Online features the decision read")
