@@ -31,8 +31,16 @@ ensure_navigation_v2()
 PAGES = {  # url path: (file, title, icon, roles)
     "apply": ("pages/apply.py", "Apply", ":material/request_quote:", ("officer", "admin")),
     "batch": ("pages/batch.py", "Batch scoring", ":material/table_view:", ("officer", "admin")),
-    "explore": ("pages/explore.py", "Explore features", ":material/query_stats:", ("officer", "admin")),
-    "model_card": ("pages/model_card.py", "Model card", ":material/fact_check:", ("officer", "admin")),
+    "review": ("pages/review.py", "Review queue", ":material/how_to_reg:", ("underwriter", "admin")),
+    "history": ("pages/history.py", "Decision history", ":material/history:", ("officer", "underwriter", "admin")),
+    "decision": (
+        "pages/decision.py",
+        "Decision record",
+        ":material/receipt_long:",
+        ("officer", "underwriter", "admin"),
+    ),
+    "explore": ("pages/explore.py", "Explore features", ":material/query_stats:", ("officer", "underwriter", "admin")),
+    "model_card": ("pages/model_card.py", "Model card", ":material/fact_check:", ("officer", "underwriter", "admin")),
     "monitoring": ("pages/monitoring.py", "Monitoring", ":material/monitoring:", ("underwriter", "admin")),
     "materialize": ("pages/materialize.py", "Materialize", ":material/sync:", ("admin",)),
     "users": ("pages/users.py", "Users", ":material/group:", ("admin",)),
@@ -228,6 +236,8 @@ def main() -> None:
         _warm_up()  # after the sign-in form is out: it warms up while the officer types
         return
     page = st.navigation(_pages_for(role))
+    if page.title == PAGES["apply"][1] and role not in PAGES["apply"][3]:
+        st.switch_page(_page_objects()["review", "visible"])  # an underwriter's home is the review queue
     if token := st.session_state.pop("ld_set_cookie", None):
         st.html(_cookie_script(token), unsafe_allow_javascript=True)
     with st.sidebar:

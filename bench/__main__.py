@@ -1,8 +1,8 @@
 """Loan Desk benchmarks: `uv run python -m bench [NAME ...]` (none = all).
 
-NAME: decision, batch, materialize, training, load, operations, app, api, cluster, policy.  Each
-prints a table and merges its figures into bench/results.json.  Sizes: LOAN_DESK_BENCH_SMALL (30000)
-and LOAN_DESK_BENCH_BIG (1000000) applicants; --quick runs tiny sizes (the smoke test uses it).
+NAME: decision, batch, materialize, training, load, operations, app, api, cluster, policy, history.
+Each prints a table and merges its figures into bench/results.json.  Sizes: LOAN_DESK_BENCH_SMALL
+(30000) and LOAN_DESK_BENCH_BIG (1000000) applicants; --quick runs tiny sizes (the smoke test uses it).
 """
 
 from __future__ import annotations
@@ -14,7 +14,19 @@ import sys
 import time
 import traceback
 
-NAMES = ("decision", "batch", "materialize", "training", "load", "operations", "app", "api", "cluster", "policy")
+NAMES = (
+    "decision",
+    "batch",
+    "materialize",
+    "training",
+    "load",
+    "operations",
+    "app",
+    "api",
+    "cluster",
+    "policy",
+    "history",
+)
 
 
 def main(argv: list[str] | None = None) -> int:

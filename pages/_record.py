@@ -19,7 +19,9 @@ OUTCOME_TEXT = {
 }
 
 
-def outcome_banner(outcome: str, probability, cutoff, band, decision_id: int | None = None) -> None:
+def outcome_banner(
+    outcome: str, probability, cutoff, band, decision_id: int | None = None, pending: bool = True
+) -> None:
     word, show, icon = OUTCOME_TEXT[outcome]
     if probability is None:
         detail = "no score: the data it needs is missing or stale"
@@ -32,7 +34,7 @@ def outcome_banner(outcome: str, probability, cutoff, band, decision_id: int | N
         }[outcome]
         detail = f"probability of default {probability:.1%}, {where} (cut-off {cutoff:.1%})"
     suffix = f" · decision #{decision_id}" if decision_id is not None else ""
-    if outcome == "refer":
+    if outcome == "refer" and pending:
         suffix += " · waiting in the review queue"
     show(f"**{word}** — {detail}{suffix}", icon=icon)
 
@@ -98,11 +100,13 @@ def waterfall(contributions: dict, base_value: float, probability: float, cutoff
 
 def notice_buttons(record: dict | None, key: str = "notice") -> None:
     """Download buttons for the adverse-action notice of a declined decision (PDF and HTML)."""
-    if not record or record.get("outcome") != "decline":
+    if not record:
         return
     from runtime import notice
 
-    doc = notice.notice_record(record)
+    doc = notice.notice_record(record)  # a referral declined on review counts as a decline
+    if doc["outcome"] != "decline":
+        return
     config = notice.load_config()
     c1, c2 = st.columns(2)
     c1.download_button(

@@ -316,7 +316,7 @@ def _reload_notice() -> None:
         )
 
 
-require()
+require("officer", "admin")
 st.title(":material/request_quote: New application")
 _reload_notice()
 last = st.session_state.get("ld_last_decision")

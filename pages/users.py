@@ -20,7 +20,7 @@ s = settings()
 with guarded("The users are unavailable"):
     st.dataframe(pd.DataFrame(list_users(s), columns=["user", "role"]), hide_index=True)
     st.caption(
-        "Add a user with `loan-desk users add NAME --role officer|admin`; change one with "
+        "Add a user with `loan-desk users add NAME --role officer|underwriter|admin`; change one with "
         "`loan-desk users set NAME --role ROLE` or `loan-desk users passwd NAME` (both sign that user out)."
     )
 

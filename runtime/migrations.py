@@ -193,6 +193,16 @@ CREATE TABLE loan_desk_model_events (
 """,
     ),
     (
+        5,
+        "decision history: an officer's decisions by outcome",
+        """
+-- An officer's own decisions filtered by outcome (the history page's commonest officer search):
+-- its page and its count read this index alone instead of every decision of the officer.
+CREATE INDEX IF NOT EXISTS loan_desk_decisions_user_outcome
+    ON loan_desk_decisions (username, outcome, decided_at DESC, id DESC);
+""",
+    ),
+    (
         6,
         "batch scoring: the file's sha256, the rows recorded so far, why a batch failed",
         """

@@ -697,14 +697,29 @@ def render_pdf(record: dict, config: NoticeConfig, *, issued: date | None = None
 
 def notice_record(row: dict) -> dict:
     """The notice's record from a row of the decision trail (runtime.decisions.decision_by_id):
-    the applicant masked, and whether a credit file was used (any credit feature was read)."""
+    the applicant masked, and whether a credit file was used (any credit feature was read).
+    A referral an underwriter declined is a decline: the reason the underwriter gave comes first,
+    then the model's principal reasons, at most four in all."""
+    from runtime.reviews import REASONS
+
     features = row.get("features") or []
+    outcome, reasons, decided_at = row["outcome"], list(row.get("reasons") or []), row["decided_at"]
+    review = row.get("review")
+    if outcome == "refer" and review and review.get("outcome") in ("approve", "decline"):
+        outcome, decided_at = review["outcome"], review.get("reviewed_at") or decided_at
+        if outcome == "decline":
+            code = review.get("reason_code")
+            text = REASONS["decline"].get(code, code)
+            reasons = [r for r in reasons if r.get("code") != code]
+            reasons = [{"code": code, "text": text, "feature": "", "value": "", "contribution": 0.0, "as_of": None}]
+            reasons += [r for r in row.get("reasons") or [] if r.get("code") != code]
+            reasons = reasons[:4]
     return {
         "id": row["id"],
-        "decided_at": row["decided_at"],
-        "outcome": row["outcome"],
+        "decided_at": decided_at,
+        "outcome": outcome,
         "inputs": row.get("inputs") or {},
-        "reasons": row.get("reasons") or [],
+        "reasons": reasons,
         "probability": row.get("probability"),
         "model_version": row.get("model_version"),
         "policy_version": row.get("policy_version"),

@@ -308,3 +308,50 @@ def test_notice_filename():
     assert notice_filename(_record(id=7), "html") == "adverse-action-notice-7.html"
     with pytest.raises(ValueError, match="kind must be"):
         notice_filename(_record(), "docx")
+
+
+def test_a_referral_declined_on_review_gets_a_notice_with_the_underwriters_reason_first():
+    from datetime import UTC, datetime
+
+    from runtime.notice import notice_record
+
+    reasons = [
+        {
+            "code": "LTI",
+            "text": "Loan amount is high relative to income",
+            "feature": "loan_pct_income",
+            "value": "45% of income",
+            "contribution": 0.9,
+            "as_of": None,
+        },
+        {
+            "code": "MISS",
+            "text": "Missed payments in the last 6 months",
+            "feature": "missed_payments_6m",
+            "value": "2",
+            "contribution": 0.5,
+            "as_of": "2026-11-01",
+        },
+    ]
+    row = {
+        "id": 7,
+        "decided_at": datetime(2026, 11, 1, tzinfo=UTC),
+        "outcome": "refer",
+        "inputs": {"dob_ssn": "19630621_4278", "loan_amnt": 9000, "loan_intent": "MEDICAL"},
+        "reasons": reasons,
+        "features": [{"view": "credit_history", "status": "ok"}],
+        "review": {
+            "outcome": "decline",
+            "reason_code": "INCOME_UNVERIFIED",
+            "reviewed_at": datetime(2026, 11, 2, tzinfo=UTC),
+        },
+    }
+    doc = notice_record(row)
+    assert doc["outcome"] == "decline" and doc["decided_at"].day == 2
+    assert [r["text"] for r in doc["reasons"]] == [
+        "Income could not be verified",
+        "Loan amount is high relative to income",
+        "Missed payments in the last 6 months",
+    ]
+    assert notice_record({**row, "review": {**row["review"], "outcome": "approve"}})["outcome"] == "approve"
+    assert notice_record({**row, "review": None})["outcome"] == "refer"
