@@ -826,7 +826,7 @@ def write_view_parallel(
         stopped = len(failed) - 1
         raise MaterializeWorkerFailed(
             f"materializing {plan.fv.name}: the worker for {label(groups[w])} failed "
-            f"({type(exc).__name__}: {str(exc).strip()[:300]})"
+            f"({type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:300]})"
             + (f"; {stopped} other worker(s) stopped early" if stopped else "")
             + ". Every online row is whole (its previous or its new values), the window is not recorded "
             "and no row was removed: run the materialization again"

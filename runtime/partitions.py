@@ -16,7 +16,9 @@ from dataclasses import dataclass
 import numpy as np
 from psycopg import sql
 
-_BOUND = re.compile(r"FOR VALUES WITH \(modulus (\d+), remainder (\d+)\)", re.IGNORECASE)
+# The bound as stored (pg_node_tree): read as text, because pg_get_expr() would lock the partition
+# (and wait behind anyone holding it) just to print it.
+_BOUND = re.compile(r":strategy h .*?:modulus (\d+) :remainder (\d+)")
 
 
 @dataclass(frozen=True)
@@ -47,7 +49,7 @@ def hash_partitions(conn, table: str, schema: str = "public") -> HashPartitions 
     if row is None or row[0] != "h" or row[1] != 1 or row[2] is None:
         return None
     parts = conn.execute(
-        "SELECT c.relname, pg_get_expr(c.relpartbound, c.oid), c.relkind FROM pg_inherits i "
+        "SELECT c.relname, c.relpartbound::text, c.relkind FROM pg_inherits i "
         "JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = %s::regclass",
         [f"{schema}.{table}" if schema != "public" else table],
     ).fetchall()
