@@ -230,20 +230,26 @@ def _pkey(table: str) -> str | None:
 def _copy_frame(
     cur: psycopg.Cursor, target: str, table: str, frame: pd.DataFrame, progress: Callable[[int], None]
 ) -> None:
-    """COPY ``frame`` into ``target`` (a staging table of ``table``, or one of its partitions)."""
+    """COPY ``frame`` into ``target`` (a staging table of ``table``)."""
     cols = [c for c, _ in TABLES[table]]
+    _copy_arrow(cur, target, cols, pa.Table.from_pandas(frame[cols], preserve_index=False), progress)
+
+
+def _copy_arrow(
+    cur: psycopg.Cursor, target: str, cols: list[str], rows: pa.Table, progress: Callable[[int], None]
+) -> None:
     # FREEZE: the target was created in this transaction, so its rows can be written frozen;
-    # otherwise the first reader after the switch sets a hint bit on every row (seconds at 1M).
-    # Postgres refuses FREEZE on a partitioned table, so a partitioned table's rows are routed
-    # here and copied into each partition (see _stage).
+    # otherwise the first reader after the switch sets a hint bit on every row (seconds at 1M),
+    # and an anti-wraparound vacuum rewrites every page some day.  Postgres refuses FREEZE on a
+    # partitioned table, so a partitioned table's rows are routed here and copied into each
+    # partition (see _stage).
     stmt = sql.SQL("COPY {} ({}) FROM STDIN WITH (FORMAT csv, FREEZE true)").format(
         sql.Identifier(target), sql.SQL(", ").join(map(sql.Identifier, cols))
     )
-    table_ = pa.Table.from_pandas(frame[cols], preserve_index=False)
     opts = pacsv.WriteOptions(include_header=False)
     with cur.copy(stmt) as copy:
-        for start in range(0, len(frame), CHUNK_ROWS):
-            part = table_.slice(start, CHUNK_ROWS)
+        for start in range(0, rows.num_rows, CHUNK_ROWS):
+            part = rows.slice(start, CHUNK_ROWS)
             buf = io.BytesIO()
             pacsv.write_csv(part, buf, opts)  # Arrow's C++ writer: ISO timestamps, fast
             copy.write(buf.getbuffer())
@@ -293,8 +299,14 @@ def _stage(cur: psycopg.Cursor, table: str, gen: str, frame: pd.DataFrame, progr
             )
         codes, uniques = pd.factorize(frame[key], sort=False)
         where = route(cur.connection, list(uniques), key_type, parts)[codes]
+        # One Arrow table in partition order; each partition's rows are a zero-copy slice of it.
+        order = np.argsort(where, kind="stable")
+        cols = [c for c, _ in TABLES[table]]
+        rows = pa.Table.from_pandas(frame[cols], preserve_index=False).take(pa.array(order))
+        bounds = np.searchsorted(where[order], np.arange(parts + 1))
         for i in range(parts):
-            _copy_frame(cur, partition_name(table, i) + STAGING + gen, table, frame[where == i], progress)
+            part = rows.slice(int(bounds[i]), int(bounds[i + 1] - bounds[i]))
+            _copy_arrow(cur, partition_name(table, i) + STAGING + gen, cols, part, progress)
     if table in PRIMARY_KEYS:
         cur.execute(
             sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} PRIMARY KEY ({})").format(

@@ -295,8 +295,14 @@ def _plan(config, fv) -> _ViewPlan:
         ts_col=src.timestamp_field,
         created_col=src.created_timestamp_column or None,
         ttl_s=fv.ttl.total_seconds() if fv.ttl else 0.0,
-        table_name=getattr(src, "_postgres_options", None) and src._postgres_options._table,
+        table_name=source_table(src),
     )
+
+
+def source_table(src) -> str | None:
+    """The table a PostgreSQL source names (``schema.table`` or ``table``), None for a query source."""
+    text = src.get_table_query_string().strip()
+    return None if text.startswith("(") else text
 
 
 def lower_bound(plan: _ViewPlan, end: datetime) -> datetime:

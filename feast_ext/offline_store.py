@@ -325,8 +325,8 @@ def _partitioned_view(conn, views: list[tuple[FeatureView, list[str]]]):
 
     for fv, _ in views:
         src = fv.batch_source
-        options = getattr(src, "_postgres_options", None)
-        table = options._table if options is not None else None
+        text = src.get_table_query_string().strip() if hasattr(src, "get_table_query_string") else "("
+        table = None if text.startswith("(") else text
         if not table or len(fv.join_keys) != 1:
             continue
         schema, _, name = table.rpartition(".")
