@@ -829,10 +829,16 @@ def write_view_parallel(
         w, exc = next(((w, e) for w, e in failed if not isinstance(e, WorkerStopped)), failed[0])
         if isinstance(exc, WriterUnsupported):
             raise exc
-        stopped = len(failed) - 1
+        from runtime.errors import redis_problem
+
+        stopped = sum(isinstance(e, WorkerStopped) for _, e in failed)
+        others = len(failed) - 1 - stopped
+        problem = redis_problem(exc, bool(getattr(config.online_store, "ssl", False)))
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        detail = f"Valkey {problem}" if problem else f"{type(exc).__name__}: {first}"
         raise MaterializeWorkerFailed(
-            f"materializing {plan.fv.name}: the worker for {label(groups[w])} failed "
-            f"({type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:300]})"
+            f"materializing {plan.fv.name}: the worker for {label(groups[w])} failed ({detail})"
+            + (f"; {others} other worker(s) failed too" if others else "")
             + (f"; {stopped} other worker(s) stopped early" if stopped else "")
             + ". Every online row is whole (its previous or its new values), the window is not recorded "
             "and no row was removed: run the materialization again"
