@@ -827,8 +827,8 @@ def write_view_parallel(
     failed = [(w, f.exception()) for w, f in enumerate(futures) if f.exception() is not None]
     if failed:
         w, exc = next(((w, e) for w, e in failed if not isinstance(e, WorkerStopped)), failed[0])
-        if isinstance(exc, WriterUnsupported):
-            raise exc
+        if isinstance(exc, WriterUnsupported) or tables == [None]:
+            raise exc  # one query over a plain table: its own error, as before partitions
         from runtime.errors import redis_problem
 
         stopped = sum(isinstance(e, WorkerStopped) for _, e in failed)
