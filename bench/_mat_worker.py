@@ -1,7 +1,9 @@
 """One materialization run in a fresh process (so its peak memory is its own); prints one JSON line.
 
-python -m bench._mat_worker ENGINE APPLICANTS WINDOW_DAYS
-ENGINE: fast | feast_default | feast_tuned | floor; WINDOW_DAYS 0 = every view's full TTL window.
+python -m bench._mat_worker ENGINE APPLICANTS WINDOW_DAYS [WORKERS]
+ENGINE: fast | feast_default | feast_tuned | floor; WINDOW_DAYS 0 = every view's full TTL window;
+WORKERS: the fast engine's parallel writers (default: the settings', LOAN_DESK_MATERIALIZE_WORKERS).
+The online store is LOAN_DESK_BENCH_REDIS_URL's (a cluster too, redis+cluster://...).
 ``run_one`` is the same run in the calling process (the quick smoke run: no process start per run).
 Rows are counted as this Feast project's keys, so other projects sharing the Redis db do not count.
 """
@@ -86,23 +88,23 @@ def _drop_raw(r, settings) -> None:
         r.unlink(*batch)
 
 
-def run_one(engine: str, applicants: int, days: int) -> dict:
-    import redis
-
+def run_one(engine: str, applicants: int, days: int, workers: int | None = None) -> dict:
     from bench.common import online_marker, peak_rss_mb, settings_for
+    from feast_ext.engine import view_partitions
     from feast_ext.store import clear_online, feature_store, online_key_count
 
     s = settings_for(applicants)
     store = feature_store(s)
-    r = redis.Redis.from_url(s.redis_url)
+    r = s.redis_client(socket_timeout=30)
     r.delete(online_marker(s))
     clear_online(s)
-    _drop_raw(r, s)
+    if not s.redis_cluster:
+        _drop_raw(r, s)
     start, end = _window(store, days)
     rss0 = peak_rss_mb()
     t0 = time.perf_counter()
     if engine == "fast":  # the engine feature_store.yaml names, through Feast, overwriting
-        with store._get_provider().batch_engine.run(dedup=False):
+        with store._get_provider().batch_engine.run(dedup=False, workers=workers):
             store.materialize(start_date=start, end_date=end)
     elif engine in ("feast_default", "feast_tuned"):
         _feast(s, start, end, tuned=engine == "feast_tuned")
@@ -115,10 +117,17 @@ def run_one(engine: str, applicants: int, days: int) -> dict:
         _drop_raw(r, s)
     else:
         rows = online_key_count(s)
+    from feast_ext import engine as W
+
+    with W.pg_connect(store.config.offline_store) as conn:
+        partitions = len(view_partitions(conn, W._plan(store.config, store.get_feature_view("credit_history"))))
     return {
         "engine": engine,
         "applicants": applicants,
         "window_days": days,
+        "workers": workers or s.materialize_workers,
+        "partitions": partitions,
+        "online_store": "cluster" if s.redis_cluster else "single",
         "rows": rows,
         "seconds": seconds,
         "rows_per_s": rows / seconds,
@@ -129,7 +138,8 @@ def run_one(engine: str, applicants: int, days: int) -> dict:
 
 def main() -> int:
     engine, applicants, days = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-    print(json.dumps(run_one(engine, applicants, days)))
+    workers = int(sys.argv[4]) if len(sys.argv) > 4 else None
+    print(json.dumps(run_one(engine, applicants, days, workers)))
     return 0
 
 

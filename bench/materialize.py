@@ -1,9 +1,16 @@
-"""2. Materialization: the fast writer against Feast's local engine (stock and tuned) and a raw floor.
+"""2. Materialization: the fast writer against Feast's local engine (stock and tuned) and a raw floor;
+then parallel writers over the hash-partitioned credit_history (README "Postgres at scale").
 
 Each run is a fresh process into an emptied Redis db; rows = entities written.  At the big size
 Feast's engines run on a recent window of the data (every applicant with a credit snapshot in
 the last SUBSET_DAYS days, every zipcode row in it): at ~4k rows/s the full million takes
 minutes.  The fast writer runs on that same window too, side by side, and on the full data.
+
+The workers part: LOAN_DESK_BENCH_SCALE_APPLICANTS applicants (default the big size) loaded with
+LOAN_DESK_PG_PARTITIONS partitions (default 8), materialized (full window, overwriting) with 1, 2
+and 4 workers into the single server and into a local 3-primary cluster (ports
+LOAN_DESK_BENCH_CLUSTER_PORT..+5), interleaved; ratios against 1 worker on the same store.
+LOAN_DESK_BENCH_SCALE_ONLY=1 runs only this part.
 """
 
 from __future__ import annotations
@@ -13,7 +20,8 @@ import os
 from bench.common import BIG, SMALL, ensure_data, record, run_worker, say
 
 SUBSET_DAYS = int(os.environ.get("LOAN_DESK_BENCH_SUBSET_DAYS", "10"))
-QUICK = {"sizes": None, "in_process": True}
+SCALE_WORKERS = (1, 2, 4)
+QUICK = {"sizes": None, "in_process": True, "cluster": False}
 
 
 def verify_sample(settings, every: int = 0) -> int:
@@ -53,8 +61,76 @@ def _label(n: int) -> str:
     return f"{n // 1_000_000}M" if n % 1_000_000 == 0 else f"{n / 1000:g}k"
 
 
-def run(sizes: list[int] | None = None, in_process: bool = False) -> dict:
+def run_workers(applicants: int, in_process: bool = False, cluster: bool = True) -> dict:
+    """Rows/s of the fast engine with 1, 2 and 4 workers over the partitioned data, on the single
+    server and (``cluster``) on a local cluster, interleaved so drift on a shared machine hits all."""
+    import contextlib
+    import tempfile
+    from pathlib import Path
+
+    from bench.cluster import FIRST_PORT, local_cluster
+
+    ensure_data(applicants)
+    figures: dict = {"scale_applicants": applicants, "runs": []}
+    table = [("store, workers", "rows", "seconds", "rows/s", "vs 1 worker")]
+    with contextlib.ExitStack() as stack:
+        stores = {"single": None}
+        if cluster:
+            tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="loan-desk-bench-mat-cluster-"))
+            stores["cluster"] = stack.enter_context(local_cluster(FIRST_PORT, Path(tmp)))["url"]
+        results: dict = {}
+        for workers in SCALE_WORKERS:
+            for name, url in stores.items():
+                say(f"materialize: {applicants:,} applicants, {workers} worker(s), {name} ...")
+                if in_process:
+                    from bench._mat_worker import run_one
+
+                    res = run_one("fast", applicants, 0, workers)
+                else:
+                    env = {"LOAN_DESK_BENCH_REDIS_URL": url} if url else None
+                    res = run_worker("bench._mat_worker", "fast", str(applicants), "0", str(workers), env=env)
+                results[(name, workers)] = res
+                figures["runs"].append(res)
+    rows = {r["rows"] for r in results.values()}
+    assert len(rows) == 1, f"the runs wrote different numbers of entities: {rows}"
+    figures["scale_partitions"] = next(iter(results.values()))["partitions"]
+    for name in stores:
+        one = results[(name, 1)]["rows_per_s"]
+        for workers in SCALE_WORKERS:
+            res = results[(name, workers)]
+            figures[f"materialize_{name}_w{workers}_rows_per_s"] = res["rows_per_s"]
+            figures[f"materialize_{name}_w{workers}_vs_w1"] = res["rows_per_s"] / one
+            table.append(
+                (f"{name}, {workers}", res["rows"], res["seconds"], res["rows_per_s"], res["rows_per_s"] / one)
+            )
+    if "cluster" in stores:
+        for workers in SCALE_WORKERS:
+            ratio = results[("cluster", workers)]["rows_per_s"] / results[("single", workers)]["rows_per_s"]
+            figures[f"materialize_cluster_vs_single_w{workers}"] = ratio
+            table.append((f"cluster / single, {workers}", ratio, "", "", ""))
+    record(
+        "materialize_workers",
+        figures,
+        table,
+        f"Materialization with parallel writers ({applicants:,} applicants, credit_history in "
+        f"{figures['scale_partitions']} partitions)",
+    )
+    return figures
+
+
+def run(
+    sizes: list[int] | None = None, in_process: bool = False, cluster: bool = True, scale: int | None = None
+) -> dict:
     """``in_process``: every run in this process (no peak memory of its own; the quick smoke run)."""
+    scale = scale or int(os.environ.get("LOAN_DESK_BENCH_SCALE_APPLICANTS") or BIG)
+    if os.environ.get("LOAN_DESK_BENCH_SCALE_ONLY") == "1":
+        return run_workers(scale, in_process, cluster)
+    figures = _engines(sizes, in_process)
+    figures["workers"] = run_workers(scale, in_process, cluster)
+    return figures
+
+
+def _engines(sizes: list[int] | None = None, in_process: bool = False) -> dict:
     sizes = sizes or [SMALL, BIG]
     figures: dict = {"subset_days": SUBSET_DAYS, "runs": []}
     table = [("run", "rows", "seconds", "rows/s", "peak MB")]

@@ -68,6 +68,7 @@ def stock_store(settings):
     cfg = repo_config(settings)  # a configuration of its own: the cached store keeps ours
     ours = cfg.offline_store.model_dump()
     ours.pop("type", None)
+    ours.pop("workers", None)  # ours only
     cfg.offline_config = PostgreSQLOfflineStoreConfig(**ours)
     cfg._offline_store = cfg.offline_config  # RepoConfig caches the parsed config here
     return FeatureStore(repo_path=str(FEATURE_REPO), config=cfg)

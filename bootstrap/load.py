@@ -16,7 +16,7 @@ import sys
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -67,15 +67,25 @@ TABLES: dict[str, list[tuple[str, str]]] = {
 }
 NULLABLE = {"true_default_prob"}
 # Point-in-time joins look up "latest row at or before T" per entity: these indexes serve them.
+# Incremental materialization reads the rows created (or dated) since its last window: the _ts
+# and _created indexes serve it (feast_ext/engine.py).
 INDEXES = {
-    "zipcode_features": [("zipcode_features_pit", ["zipcode", "event_timestamp DESC", "created_timestamp DESC"])],
+    "zipcode_features": [
+        ("zipcode_features_pit", ["zipcode", "event_timestamp DESC", "created_timestamp DESC"]),
+        ("zipcode_features_ts", ["event_timestamp"]),
+        ("zipcode_features_created", ["created_timestamp"]),
+    ],
     "credit_history": [
         ("credit_history_pit", ["dob_ssn", "event_timestamp DESC", "created_timestamp DESC"]),
         ("credit_history_ts", ["event_timestamp"]),
+        ("credit_history_created", ["created_timestamp"]),
     ],
     "loans": [("loans_ts", ["event_timestamp"]), ("loans_dob_ssn", ["dob_ssn"])],
 }
 PRIMARY_KEYS = {"loans": "loan_id"}
+# Tables hash-partitioned (by this column) when the load's partition count is above 1: partitions
+# <table>_p0 .. _p<n-1>, each with its own copy of the table's indexes (<table>_p<i>_<suffix>).
+PARTITION_KEYS = {"credit_history": "dob_ssn"}
 CHUNK_ROWS = 200_000
 
 
@@ -90,8 +100,11 @@ class LoadRequest:
     seed: int = 42
     data_dir: Path | None = None
     as_of: datetime | None = None
+    partitions: int | None = None  # hash partitions of credit_history; None: the settings' (1: a plain table)
 
     def fingerprint(self) -> dict:
+        # The layout is part of what is asked: changing LOAN_DESK_PG_PARTITIONS makes the next load reload.
+        layout = {"partitions": max(1, self.partitions or 1)}
         if self.source == "synthetic":
             key = {
                 "source": "synthetic",
@@ -100,8 +113,8 @@ class LoadRequest:
                 "generator": synthetic.GENERATOR,
             }
             # Without an explicit date the data is dated on its load day and kept after that.
-            return key | ({"as_of": self.as_of.isoformat()} if self.as_of else {})
-        return {"source": "tutorial", "data_dir": str(Path(self.data_dir).resolve()), "seed": self.seed}
+            return key | ({"as_of": self.as_of.isoformat()} if self.as_of else {}) | layout
+        return {"source": "tutorial", "data_dir": str(Path(self.data_dir).resolve()), "seed": self.seed} | layout
 
 
 def _say(msg: str) -> None:
@@ -247,38 +260,86 @@ def _pkey(table: str) -> str | None:
     return f"{table}_pkey" if table in PRIMARY_KEYS else None
 
 
-def _index_names(table: str) -> list[str]:
-    """The live names of ``table``'s indexes (primary key first): the names the docs promise."""
-    return [n for n in [_pkey(table)] if n] + [name for name, _ in INDEXES[table]]
+def _copy_frame(
+    cur: psycopg.Cursor, target: str, table: str, frame: pd.DataFrame, progress: Callable[[int], None]
+) -> None:
+    """COPY ``frame`` into ``target`` (a staging table of ``table``)."""
+    cols = [c for c, _ in TABLES[table]]
+    _copy_arrow(cur, target, cols, pa.Table.from_pandas(frame[cols], preserve_index=False), progress)
 
 
-def _copy_frame(cur: psycopg.Cursor, table: str, frame: pd.DataFrame, progress: Callable[[int], None]) -> None:
-    cols = [c for c, _ in TABLES[table.split(STAGING)[0]]]
-    # FREEZE: the staging table was created in this transaction, so its rows can be written frozen;
-    # otherwise the first reader after the switch sets a hint bit on every row (seconds at 1M).
+def _copy_arrow(
+    cur: psycopg.Cursor, target: str, cols: list[str], rows: pa.Table, progress: Callable[[int], None]
+) -> None:
+    # FREEZE: the target was created in this transaction, so its rows can be written frozen;
+    # otherwise the first reader after the switch sets a hint bit on every row (seconds at 1M),
+    # and an anti-wraparound vacuum rewrites every page some day.  Postgres refuses FREEZE on a
+    # partitioned table, so a partitioned table's rows are routed here and copied into each
+    # partition (see _stage).
     stmt = sql.SQL("COPY {} ({}) FROM STDIN WITH (FORMAT csv, FREEZE true)").format(
-        sql.Identifier(table), sql.SQL(", ").join(map(sql.Identifier, cols))
+        sql.Identifier(target), sql.SQL(", ").join(map(sql.Identifier, cols))
     )
-    table_ = pa.Table.from_pandas(frame[cols], preserve_index=False)
     opts = pacsv.WriteOptions(include_header=False)
     with cur.copy(stmt) as copy:
-        for start in range(0, len(frame), CHUNK_ROWS):
-            part = table_.slice(start, CHUNK_ROWS)
+        for start in range(0, rows.num_rows, CHUNK_ROWS):
+            part = rows.slice(start, CHUNK_ROWS)
             buf = io.BytesIO()
             pacsv.write_csv(part, buf, opts)  # Arrow's C++ writer: ISO timestamps, fast
             copy.write(buf.getbuffer())
             progress(part.num_rows)
 
 
-def _stage(cur: psycopg.Cursor, table: str, gen: str, frame: pd.DataFrame, progress) -> None:
-    """Create ``table``'s staging copy of generation ``gen``, COPY ``frame`` in, index and analyze it."""
+def partition_name(table: str, i: int) -> str:
+    return f"{table}_p{i}"
+
+
+def _index_parts(cols: list[str]) -> sql.Composable:
+    return sql.SQL(", ").join(
+        sql.SQL(" ").join([sql.Identifier(c.split()[0]), *map(sql.SQL, c.split()[1:])]) for c in cols
+    )
+
+
+def _stage(cur: psycopg.Cursor, table: str, gen: str, frame: pd.DataFrame, progress, partitions: int = 1) -> None:
+    """Create ``table``'s staging copy of generation ``gen``, COPY ``frame`` in, index and analyze it.
+
+    Every object of a generation is named ``<live name>__staging_<gen>``; with ``partitions`` > 1
+    (tables in PARTITION_KEYS only) the table is ``PARTITION BY HASH`` with partitions
+    ``<table>_p<i>``, the frame's rows routed to them by Postgres's own hash (runtime.partitions),
+    each partition COPYed with FREEZE and indexed on its own, the indexes attached to the parent's."""
+    from runtime.partitions import route
+
     stage = table + STAGING + gen
+    parts = partitions if table in PARTITION_KEYS and partitions > 1 else 1
     columns = sql.SQL(", ").join(
         sql.SQL("{} {}{}").format(sql.Identifier(c), sql.SQL(t), sql.SQL("" if c in NULLABLE else " NOT NULL"))
         for c, t in TABLES[table]
     )
-    cur.execute(sql.SQL("CREATE TABLE {} ({})").format(sql.Identifier(stage), columns))
-    _copy_frame(cur, stage, frame, progress)
+    by = sql.SQL(" PARTITION BY HASH ({})").format(sql.Identifier(PARTITION_KEYS[table])) if parts > 1 else sql.SQL("")
+    cur.execute(sql.SQL("CREATE TABLE {} ({}){}").format(sql.Identifier(stage), columns, by))
+    if parts == 1:
+        _copy_frame(cur, stage, table, frame, progress)
+    else:
+        key = PARTITION_KEYS[table]
+        key_type = dict(TABLES[table])[key]
+        for i in range(parts):
+            cur.execute(
+                sql.SQL("CREATE TABLE {} PARTITION OF {} FOR VALUES WITH (MODULUS {}, REMAINDER {})").format(
+                    sql.Identifier(partition_name(table, i) + STAGING + gen),
+                    sql.Identifier(stage),
+                    sql.Literal(parts),
+                    sql.Literal(i),
+                )
+            )
+        codes, uniques = pd.factorize(frame[key], sort=False)
+        where = route(cur.connection, list(uniques), key_type, parts)[codes]
+        # One Arrow table in partition order; each partition's rows are a zero-copy slice of it.
+        order = np.argsort(where, kind="stable")
+        cols = [c for c, _ in TABLES[table]]
+        rows = pa.Table.from_pandas(frame[cols], preserve_index=False).take(pa.array(order))
+        bounds = np.searchsorted(where[order], np.arange(parts + 1))
+        for i in range(parts):
+            part = rows.slice(int(bounds[i]), int(bounds[i + 1] - bounds[i]))
+            _copy_arrow(cur, partition_name(table, i) + STAGING + gen, cols, part, progress)
     if table in PRIMARY_KEYS:
         cur.execute(
             sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} PRIMARY KEY ({})").format(
@@ -286,12 +347,21 @@ def _stage(cur: psycopg.Cursor, table: str, gen: str, frame: pd.DataFrame, progr
             )
         )
     for name, cols in INDEXES[table]:
-        parts = [sql.SQL(" ").join([sql.Identifier(c.split()[0]), *map(sql.SQL, c.split()[1:])]) for c in cols]
-        cur.execute(
-            sql.SQL("CREATE INDEX {} ON {} ({})").format(
-                sql.Identifier(name + STAGING + gen), sql.Identifier(stage), sql.SQL(", ").join(parts)
+        index = sql.Identifier(name + STAGING + gen)
+        if parts == 1:
+            cur.execute(sql.SQL("CREATE INDEX {} ON {} ({})").format(index, sql.Identifier(stage), _index_parts(cols)))
+            continue
+        # Per partition: each partition's own index, attached to the parent's (which has no data).
+        cur.execute(sql.SQL("CREATE INDEX {} ON ONLY {} ({})").format(index, sql.Identifier(stage), _index_parts(cols)))
+        suffix = name.removeprefix(table)
+        for i in range(parts):
+            child = sql.Identifier(partition_name(table, i) + suffix + STAGING + gen)
+            cur.execute(
+                sql.SQL("CREATE INDEX {} ON {} ({})").format(
+                    child, sql.Identifier(partition_name(table, i) + STAGING + gen), _index_parts(cols)
+                )
             )
-        )
+            cur.execute(sql.SQL("ALTER INDEX {} ATTACH PARTITION {}").format(index, child))
     cur.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(stage)))
 
 
@@ -299,13 +369,27 @@ def _rename(cur: psycopg.Cursor, kind: str, old: str, new: str) -> None:
     cur.execute(sql.SQL(f"ALTER {kind} {{}} RENAME TO {{}}").format(sql.Identifier(old), sql.Identifier(new)))
 
 
+def _family(cur: psycopg.Cursor, table: str) -> list[tuple[str, str]]:
+    """What a switch renames for ``table``: the table, its partitions, and every index of them
+    (a primary key's constraint follows its index), as (TABLE|INDEX, name)."""
+    return cur.execute(
+        "WITH rels AS (SELECT %(t)s::regclass AS oid UNION ALL "
+        "              SELECT inhrelid FROM pg_inherits WHERE inhparent = %(t)s::regclass) "
+        "SELECT 'TABLE', c.relname FROM rels JOIN pg_class c ON c.oid = rels.oid "
+        "UNION ALL SELECT 'INDEX', ic.relname FROM rels JOIN pg_index i ON i.indrelid = rels.oid "
+        "JOIN pg_class ic ON ic.oid = i.indexrelid",
+        {"t": f"public.{table}"},
+    ).fetchall()
+
+
 def _switch(conn: psycopg.Connection, gen: str) -> list[str]:
-    """Inside the load's transaction: live tables (and their indexes) become ``__old_<gen>``,
-    the staging ones take the live names.  Retried under a short lock timeout while a long
-    query holds a table, so readers queue behind the switch for at most that timeout.
-    Returns the old tables to drop after the commit."""
+    """Inside the load's transaction: live tables (their partitions and indexes too) become
+    ``<name>__old_<gen>``, the staging ones take the live names.  Retried under a short lock
+    timeout while a long query holds a table, so readers queue behind the switch for at most
+    that timeout.  Returns the old tables to drop after the commit."""
     deadline = time.monotonic() + SWAP_WAIT_S
     attempt = 0
+    staged = STAGING + gen
     while True:
         attempt += 1
         try:
@@ -314,21 +398,18 @@ def _switch(conn: psycopg.Connection, gen: str) -> list[str]:
                     sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(f"{SWAP_LOCK_TIMEOUT_S * 1000:.0f}ms"))
                 )
                 live = [t for t in TABLES if cur.execute("SELECT to_regclass(%s)", [f"public.{t}"]).fetchone()[0]]
-                if live:
+                if live:  # a partitioned table's lock covers its partitions
                     cur.execute(
                         sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(
                             sql.SQL(", ").join(map(sql.Identifier, live))
                         )
                     )
                 for table in live:
-                    _rename(cur, "TABLE", table, table + OLD + gen)
-                    for name in _index_names(table):
-                        if cur.execute("SELECT to_regclass(%s)", [f"public.{name}"]).fetchone()[0]:
-                            _rename(cur, "INDEX", name, name + OLD + gen)
+                    for kind, name in _family(cur, table):
+                        _rename(cur, kind, name, name + OLD + gen)
                 for table in TABLES:
-                    _rename(cur, "TABLE", table + STAGING + gen, table)
-                    for name in _index_names(table):
-                        _rename(cur, "INDEX", name + STAGING + gen, name)
+                    for kind, name in _family(cur, table + staged):
+                        _rename(cur, kind, name, name.removesuffix(staged))
             return [t + OLD + gen for t in live]
         except psycopg.errors.LockNotAvailable:
             left = deadline - time.monotonic()
@@ -362,14 +443,15 @@ def leftover_tables(conn: psycopg.Connection) -> list[str]:
     """Staging or old generations of the data tables that an interrupted load left behind."""
     rows = conn.execute(
         "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-        "WHERE n.nspname = 'public' AND c.relkind = 'r' AND c.relname ~ %s ORDER BY 1",
+        "WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p') AND c.relname ~ %s ORDER BY 1",
         [LEFTOVER_RE],
     ).fetchall()
     return [r[0] for r in rows]
 
 
-def write_dataset(conn: psycopg.Connection, data: synthetic.Dataset, info: dict) -> dict[str, int]:
-    """Replace the three data tables with ``data`` (see the comment above); ``conn`` in autocommit."""
+def write_dataset(conn: psycopg.Connection, data: synthetic.Dataset, info: dict, partitions: int = 1) -> dict[str, int]:
+    """Replace the three data tables with ``data`` (see the comment above); ``conn`` in autocommit.
+    ``partitions`` > 1: credit_history hash-partitioned by dob_ssn into that many partitions."""
     frames = {"zipcode_features": data.zipcodes, "credit_history": data.credit_history, "loans": data.loans}
     total = sum(len(f) for f in frames.values())
     done = 0
@@ -388,7 +470,7 @@ def write_dataset(conn: psycopg.Connection, data: synthetic.Dataset, info: dict)
     with conn.transaction():
         with conn.cursor() as cur:
             for table, frame in frames.items():
-                _stage(cur, table, gen, frame, progress)
+                _stage(cur, table, gen, frame, progress, partitions)
         old = _switch(conn, gen)
         conn.execute("DELETE FROM loan_desk_dataset")
         full = {**info, "rows": counts, "loaded_at": datetime.now(UTC).isoformat()}
@@ -437,6 +519,7 @@ def load(settings: Settings, req: LoadRequest, force: bool = False) -> tuple[boo
     from runtime.migrations import migrate
 
     migrate(settings)
+    req = replace(req, partitions=max(1, req.partitions or settings.pg_partitions))
     wanted = req.fingerprint()
     with db.connect(settings, job=True) as conn, _load_lock(conn):
         conn.execute("SET application_name = 'loan-desk load'")
@@ -458,13 +541,14 @@ def load(settings: Settings, req: LoadRequest, force: bool = False) -> tuple[boo
                 _say(f"  {n}")
         gen_s = time.perf_counter() - t0
         t1 = time.perf_counter()
-        counts = write_dataset(conn, data, {**wanted, "notes": notes})
+        counts = write_dataset(conn, data, {**wanted, "notes": notes}, req.partitions)
         copy_s = time.perf_counter() - t1
     rows = sum(counts.values())
     what = "replaced " + _describe(have) + " with" if have else "loaded"
     msg = (
         f"{what} {_describe({**wanted, 'rows': counts})}: {rows:,} rows in {gen_s + copy_s:.1f} s "
         f"(prepare {gen_s:.1f} s, COPY+index {copy_s:.1f} s, {rows / copy_s:,.0f} rows/s)"
+        + (f"; credit_history in {req.partitions} hash partitions by dob_ssn" if req.partitions > 1 else "")
     )
     return True, msg
 

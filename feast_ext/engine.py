@@ -45,18 +45,19 @@ import contextlib
 import logging
 import queue
 import struct
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Literal
 
 from feast.infra.common.materialization_job import MaterializationJob, MaterializationJobStatus
 from feast.infra.compute_engines.base import ComputeEngine
 from feast.repo_config import FeastConfigBaseModel
 from psycopg import sql
-from pydantic import Field
+from pydantic import Field, model_validator
 
 DEFAULT_CHUNK_ROWS = 20_000
 _CACHE_LIMIT = 500_000  # distinct encoded values kept per column before the memo is reset
@@ -67,6 +68,14 @@ _USE_FEAST = "use Feast's own engine for it (`batch_engine: local`, or LOAN_DESK
 
 class WriterUnsupported(RuntimeError):
     """The configuration or view needs Feast's own engine (e.g. a Redis sentinel)."""
+
+
+class WorkerStopped(RuntimeError):
+    """A worker ended early because another worker of the same view failed."""
+
+
+class MaterializeWorkerFailed(RuntimeError):
+    """A worker of a parallel materialization failed; the others were stopped."""
 
 
 @dataclass
@@ -94,6 +103,7 @@ class EngineRun:
     dedup: bool | None = None  # None: Feast's rule unless online_store.skip_dedup
     track_keys: bool = False
     progress: Callable[[str, int], None] | None = None  # (view, rows pulled so far)
+    workers: int | None = None  # None: the engine's configured workers
     views: list[ViewResult] = field(default_factory=list)
     tracked: list[TrackedKeys] = field(default_factory=list)
 
@@ -220,6 +230,8 @@ class _ViewPlan:
     table: str
     ts_col: str
     created_col: str | None
+    ttl_s: float = 0.0  # the view's TTL in seconds (0: none)
+    table_name: str | None = None  # the source's table (None for a query source)
 
     @property
     def fields(self) -> list[bytes]:
@@ -282,24 +294,79 @@ def _plan(config, fv) -> _ViewPlan:
         table=src.get_table_query_string(),
         ts_col=src.timestamp_field,
         created_col=src.created_timestamp_column or None,
+        ttl_s=fv.ttl.total_seconds() if fv.ttl else 0.0,
+        table_name=source_table(src),
     )
 
 
-def latest_rows_query(plan: _ViewPlan) -> sql.Composed:
-    """Latest row per entity in [start, end]: Feast's pull_latest_from_table_or_query, as DISTINCT ON."""
+def source_table(src) -> str | None:
+    """The table a PostgreSQL source names (``schema.table`` or ``table``), None for a query source."""
+    text = src.get_table_query_string().strip()
+    return None if text.startswith("(") else text
+
+
+def lower_bound(plan: _ViewPlan, end: datetime) -> datetime:
+    """The oldest event time a row may have to be served at ``end``: the view's TTL before it."""
+    floor = datetime(1970, 1, 1, tzinfo=UTC)
+    return max(floor, end - timedelta(seconds=plan.ttl_s)) if plan.ttl_s else floor
+
+
+def is_incremental(plan: _ViewPlan, start: datetime, end: datetime) -> bool:
+    """A window that starts after the TTL's lower bound: what materialize-incremental asks for."""
+    return start > lower_bound(plan, end)
+
+
+def latest_rows_query(plan: _ViewPlan, table: sql.Composable | None = None, incremental: bool = False) -> sql.Composed:
+    """Latest row per entity, parameters ``start``, ``end`` (and ``lower``, ``incremental``).
+
+    Full window: every entity with a row in [start, end], Feast's ``pull_latest_from_table_or_query``
+    written as DISTINCT ON (the (entity, event_timestamp DESC, created_timestamp DESC) index
+    delivers the rows in that order).
+
+    Incremental window (start after the TTL's lower bound, i.e. the previous window's end): only
+    the rows dated in [start, end] or created after ``start`` are read, through the event and
+    created indexes, and for each of their entities the latest row in [lower, end] is looked up
+    with one probe of that index.  For the entities Feast's window finds this is the same row;
+    it also finds rows loaded late (created after the last window, dated before it), which a
+    window on event time alone never sees again.  ``table`` replaces the source's table (one
+    partition of it)."""
     ts = sql.Identifier(plan.ts_col)
     order = [sql.SQL("{} DESC").format(ts)]
     if plan.created_col:
         order.append(sql.SQL("{} DESC").format(sql.Identifier(plan.created_col)))
     jk = sql.Identifier(plan.source_columns[0])
     cols = sql.SQL(", ").join(map(sql.Identifier, plan.source_columns))
+    source = table if table is not None else sql.SQL(plan.table)
+    if not incremental:
+        return sql.SQL(
+            "SELECT DISTINCT ON ({jk}) {cols}, " + _EPOCH_US + " AS _ts_us FROM {table} AS a "
+            "WHERE {ts} BETWEEN %(start)s AND %(end)s ORDER BY {jk}, {order}"
+        ).format(jk=jk, cols=cols, col=ts, table=source, ts=ts, order=sql.SQL(", ").join(order))
+    new = sql.SQL("{ts} >= %(start)s").format(ts=ts)
+    if plan.created_col:
+        new = sql.SQL("({} OR {} > %(start)s)").format(new, sql.Identifier(plan.created_col))
     return sql.SQL(
-        "SELECT DISTINCT ON ({jk}) {cols}, " + _EPOCH_US + " AS _ts_us FROM {table} AS a "
-        "WHERE {ts} BETWEEN %(start)s AND %(end)s ORDER BY {jk}, {order}"
-    ).format(jk=jk, cols=cols, col=ts, table=sql.SQL(plan.table), ts=ts, order=sql.SQL(", ").join(order))
+        "SELECT {acols}, " + _EPOCH_US + " AS _ts_us FROM "
+        "(SELECT DISTINCT {jk} FROM {table} WHERE {ts} BETWEEN %(lower)s AND %(end)s AND {new}) AS t "
+        "CROSS JOIN LATERAL (SELECT {cols}, {ts} FROM {table} AS f WHERE f.{jk} = t.{jk} "
+        "AND f.{ts} BETWEEN %(lower)s AND %(end)s ORDER BY {order} LIMIT 1) AS a"
+    ).format(
+        acols=sql.SQL(", ").join(sql.SQL("a.{}").format(sql.Identifier(c)) for c in plan.source_columns),
+        col=sql.Identifier("a", plan.ts_col),
+        jk=jk,
+        cols=cols,
+        table=source,
+        ts=ts,
+        new=new,
+        order=sql.SQL(", ").join(order),
+    )
 
 
-def pg_connect(offline_config, connect_timeout_s: int = 10):
+def query_params(plan: _ViewPlan, start: datetime, end: datetime) -> dict:
+    return {"start": start, "end": end, "lower": lower_bound(plan, end)}
+
+
+def pg_connect(offline_config, connect_timeout_s: int = 10, application_name: str | None = None):
     """An autocommit connection from the offline store's settings (Feast's conninfo and options)."""
     import psycopg
     from feast.infra.utils.postgres.connection_utils import _get_conn_kwargs, _get_conninfo
@@ -313,15 +380,21 @@ def pg_connect(offline_config, connect_timeout_s: int = 10):
     )
     conn.execute("SET TimeZone = 'UTC'")
     conn.execute("SET jit = off")  # JIT compiles the scan for ~1 s and wins nothing on this query
+    if application_name:
+        conn.execute("SELECT set_config('application_name', %s, false)", [application_name[:63]])
     return conn
 
 
-def _stream_chunks(conn, plan: _ViewPlan, start: datetime, end: datetime, chunk_rows: int) -> Iterator[list]:
-    """The latest rows in chunks, from a server-side cursor (binary rows, parsed in C)."""
-    query = latest_rows_query(plan)
+def _stream_chunks(
+    conn, plan: _ViewPlan, start: datetime, end: datetime, chunk_rows: int, table: str | None = None
+) -> Iterator[list]:
+    """The latest rows in chunks, from a server-side cursor (binary rows, parsed in C); ``table``:
+    one partition of the source's table instead of the table."""
+    incremental = is_incremental(plan, start, end)
+    query = latest_rows_query(plan, sql.Identifier(table) if table else None, incremental)
     with conn.transaction(), conn.cursor(name=f"loan_desk_materialize_{plan.name}", binary=True) as cur:
         cur.itersize = chunk_rows
-        cur.execute(query, {"start": start, "end": end})
+        cur.execute(query, query_params(plan, start, end))
         while batch := cur.fetchmany(chunk_rows):
             yield batch
 
@@ -579,10 +652,14 @@ def write_view(
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
     progress: Callable[[str, int], None] | None = None,
     keys_out: set[bytes] | None = None,
+    table: str | None = None,
+    stop: threading.Event | None = None,
 ) -> ViewResult:
     """Write the latest row per entity of the plan's view in [start, end] to the online store.
 
     ``keys_out`` receives every key of the window (written, or skipped as already up to date).
+    ``table``: read this partition of the source's table only.  ``stop``: set by another worker
+    that failed; this one then ends after the chunk it is writing (each entity's row whole).
     """
     t0 = time.perf_counter()
     fv = plan.fv
@@ -625,9 +702,11 @@ def write_view(
     with contextlib.ExitStack() as stack:
         stack.callback(pipe.close)
         chunks = stack.enter_context(
-            contextlib.closing(_prefetch(_stream_chunks(pg_conn, plan, start, end, chunk_rows)))
+            contextlib.closing(_prefetch(_stream_chunks(pg_conn, plan, start, end, chunk_rows, table)))
         )
         for chunk in chunks:
+            if stop is not None and stop.is_set():
+                raise WorkerStopped("stopped: another worker of this materialization failed")
             pulled += len(chunk)
             cols = list(zip(*chunk, strict=True))
             del chunk
@@ -659,6 +738,120 @@ def write_view(
             if progress:
                 progress(fv.name, pulled)
     return ViewResult(fv.name, pulled, written, time.perf_counter() - t0)
+
+
+def view_partitions(conn, plan: _ViewPlan) -> list[str | None]:
+    """The tables one materialization of the view reads: each hash partition of its source table
+    when that table is hash-partitioned by the view's join key (one query each, on any
+    connection), else the table itself (``[None]``)."""
+    from runtime.partitions import hash_partitions
+
+    if not plan.table_name:
+        return [None]
+    schema, _, name = plan.table_name.rpartition(".")
+    parts = hash_partitions(conn, name, schema or "public")
+    if parts is None or parts.column != plan.source_columns[0]:
+        return [None]
+    return list(parts.names)
+
+
+def write_view_parallel(
+    config,
+    plan: _ViewPlan,
+    start: datetime,
+    end: datetime,
+    *,
+    workers: int,
+    dedup: bool = True,
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    progress: Callable[[str, int], None] | None = None,
+    keys_out: set[bytes] | None = None,
+) -> ViewResult:
+    """``write_view`` over every partition of the view's table by ``workers`` threads, each with
+    its own Postgres connection and Redis client (slot-aware on a cluster), worker ``w`` taking
+    partitions ``w, w + workers, ...``.  An entity's rows all live in one partition, so the
+    partitions' latest rows together are the table's.  The first failure stops the other
+    workers after their current chunk and is raised as ``MaterializeWorkerFailed``, naming the
+    partitions; every online row written is whole (each entity is one HSET) and the caller
+    records nothing (Feast keeps the previous window; a full refresh removes nothing)."""
+    from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+
+    t0 = time.perf_counter()
+    with pg_connect(config.offline_store) as conn:
+        tables = view_partitions(conn, plan)
+    n = max(1, min(workers, len(tables)))
+    groups = [tables[w::n] for w in range(n)]
+    stop = threading.Event()
+    pulled = [0] * n
+
+    def label(group: list[str | None]) -> str:
+        return ", ".join(t or plan.table for t in group)
+
+    def work(w: int) -> tuple[int, int, set[bytes] | None]:
+        keys: set[bytes] | None = set() if keys_out is not None else None
+        rows = written = 0
+        client = redis_client_for(config)
+        try:
+            with pg_connect(
+                config.offline_store, application_name=f"loan-desk materialize {plan.fv.name} worker {w}"
+            ) as conn:
+                for table in groups[w]:
+                    base = rows
+
+                    def count(_view: str, k: int, base=base) -> None:
+                        pulled[w] = base + k
+
+                    if table:
+                        conn.execute(
+                            "SELECT set_config('application_name', %s, false)", [f"loan-desk materialize {table}"]
+                        )
+                    r = write_view(
+                        config, conn, plan, start, end, client=client, dedup=dedup, chunk_rows=chunk_rows,
+                        progress=count, keys_out=keys, table=table, stop=stop,
+                    )  # fmt: skip
+                    rows, written = rows + r.rows, written + r.written
+        except BaseException:
+            stop.set()
+            raise
+        finally:
+            client.close()
+        return rows, written, keys
+
+    with ThreadPoolExecutor(n, thread_name_prefix="materialize-worker") as pool:
+        futures = [pool.submit(work, w) for w in range(n)]
+        pending = set(futures)
+        while pending:
+            _, pending = wait(pending, timeout=0.5, return_when=FIRST_EXCEPTION)
+            if progress and pending and not stop.is_set():
+                progress(plan.fv.name, sum(pulled))
+    failed = [(w, f.exception()) for w, f in enumerate(futures) if f.exception() is not None]
+    if failed:
+        w, exc = next(((w, e) for w, e in failed if not isinstance(e, WorkerStopped)), failed[0])
+        if isinstance(exc, WriterUnsupported) or tables == [None]:
+            raise exc  # one query over a plain table: its own error, as before partitions
+        from runtime.errors import redis_problem
+
+        stopped = sum(isinstance(e, WorkerStopped) for _, e in failed)
+        others = len(failed) - 1 - stopped
+        problem = redis_problem(exc, bool(getattr(config.online_store, "ssl", False)))
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        detail = f"Valkey {problem}" if problem else f"{type(exc).__name__}: {first}"
+        raise MaterializeWorkerFailed(
+            f"materializing {plan.fv.name}: the worker for {label(groups[w])} failed ({detail})"
+            + (f"; {others} other worker(s) failed too" if others else "")
+            + (f"; {stopped} other worker(s) stopped early" if stopped else "")
+            + ". Every online row is whole (its previous or its new values), the window is not recorded "
+            "and no row was removed: run the materialization again"
+        ) from exc
+    futures_result = [f.result() for f in futures]
+    rows = sum(r[0] for r in futures_result)
+    written = sum(r[1] for r in futures_result)
+    if keys_out is not None:
+        for r in futures_result:
+            keys_out.update(r[2])
+    if progress:
+        progress(plan.fv.name, rows)
+    return ViewResult(plan.fv.name, rows, written, time.perf_counter() - t0)
 
 
 def _ts_us(raw: bytes) -> int:
@@ -754,6 +947,20 @@ class LoanDeskEngineConfig(FeastConfigBaseModel):
     type: Literal["feast_ext.engine.LoanDeskEngine"] = "feast_ext.engine.LoanDeskEngine"
     chunk_rows: int = Field(DEFAULT_CHUNK_ROWS, gt=0, le=1_000_000)
     """Rows fetched from Postgres and written to Redis per round trip."""
+    workers: int = Field(1, gt=0, le=64)
+    """Parallel writers, one per group of the source table's hash partitions (LOAN_DESK_MATERIALIZE_WORKERS)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _environment_is_set(cls, values):
+        """The feast CLI in a terminal without Loan Desk's environment: say what to run, no traceback."""
+        if isinstance(values, dict) and any("${" in str(v) for v in values.values()):
+            print(
+                'feast: this terminal lacks Loan Desk\'s settings: run `eval "$(uv run loan-desk env)"` first',
+                file=sys.stderr,
+            )
+            raise SystemExit(2)
+        return values
 
 
 class LoanDeskMaterializationJob(MaterializationJob):
@@ -797,13 +1004,14 @@ class LoanDeskEngine(ComputeEngine):
         dedup: bool | None = None,
         track_keys: bool = False,
         progress: Callable[[str, int], None] | None = None,
+        workers: int | None = None,
     ) -> Iterator[EngineRun]:
         """Options for the materializations this thread runs inside the block; yields their results.
 
         ``dedup=False`` overwrites whatever is stored (a full refresh); ``track_keys`` collects
         every key written per view, for ``remove_untracked``.
         """
-        run = EngineRun(dedup=dedup, track_keys=track_keys, progress=progress)
+        run = EngineRun(dedup=dedup, track_keys=track_keys, progress=progress, workers=workers)
         stack = self._runs()
         stack.append(run)
         try:
@@ -837,27 +1045,22 @@ class LoanDeskEngine(ComputeEngine):
             start, end = datetime(1970, 1, 1, tzinfo=UTC), datetime.now(UTC)
         dedup = run.dedup if run.dedup is not None else not cfg.online_store.skip_dedup
         keys: set[bytes] | None = set() if run.track_keys else None
-        client = redis_client_for(cfg)
-        try:
-            with pg_connect(cfg.offline_store) as conn:
-                result = write_view(
-                    cfg,
-                    conn,
-                    plan,
-                    start,
-                    end,
-                    client=client,
-                    dedup=dedup,
-                    chunk_rows=self.config.chunk_rows,
-                    progress=run.progress,
-                    keys_out=keys,
-                )
-        finally:
-            client.close()
+        result = write_view_parallel(
+            cfg,
+            plan,
+            start,
+            end,
+            workers=run.workers or self.config.workers,
+            dedup=dedup,
+            chunk_rows=self.config.chunk_rows,
+            progress=run.progress,
+            keys_out=keys,
+        )
         if keys is not None:
             run.tracked.append(tracked_keys(plan, keys))
         log.info(
-            "Loan Desk engine: %s %s..%s: %d rows, %d written in %.2f s",
-            plan.name, start, end, result.rows, result.written, result.seconds,
+            "Loan Desk engine: %s %s..%s (%s): %d rows, %d written in %.2f s",
+            plan.name, start, end, "incremental" if is_incremental(plan, start, end) else "full window",
+            result.rows, result.written, result.seconds,
         )  # fmt: skip
         return result

@@ -23,7 +23,7 @@ from __future__ import annotations
 import os
 import re
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote, unquote
 
@@ -56,6 +56,28 @@ PROJECT_DEFAULT = {"postgres": "credit_scoring", "spark": "credit_scoring_spark"
 REDIS_CLUSTER_RETRIES = 1
 REDIS_CLUSTER_BACKOFF_S = 0.05
 _SCHEMES = {"redis": False, "valkey": False, "rediss": True, "valkeys": True}
+
+# Postgres at scale (README "Postgres at scale"): credit_history is hash-partitioned by dob_ssn into
+# LOAN_DESK_PG_PARTITIONS partitions at load time (0 or 1: one plain table); materialization and
+# the training join run LOAN_DESK_MATERIALIZE_WORKERS workers, each on its own connections, one
+# per group of partitions.
+PG_PARTITIONS_DEFAULT = 8
+PG_PARTITIONS_MAX = 256
+MATERIALIZE_WORKERS_MAX = 64
+
+
+def default_workers() -> int:
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+def _count(name: str, default: int, low: int, high: int) -> int:
+    raw = (os.environ.get(name) or "").strip()
+    if not raw:
+        return default
+    if not (raw.isascii() and raw.isdigit()) or not low <= int(raw) <= high:
+        raise ValueError(f"{name} must be a whole number from {low} to {high}, got {raw[:40]!r}")
+    return int(raw)
+
 
 # Setting any of these means "use my servers"; PGSSLMODE alone does not name a server.
 ENV_VARS = ("PGHOST", "PGPORT", "PGUSER", "PGPASSWORD", "PGDATABASE", "REDIS_URL")
@@ -142,6 +164,10 @@ class Settings:
     redis_nodes: tuple[tuple[str, int], ...] = ()
     redis_tls: bool = False
     redis_username: str | None = None
+    # Hash partitions of credit_history made by a load (1: unpartitioned); LOAN_DESK_PG_PARTITIONS.
+    pg_partitions: int = PG_PARTITIONS_DEFAULT
+    # Parallel workers of a materialization and of the point-in-time join; LOAN_DESK_MATERIALIZE_WORKERS.
+    materialize_workers: int = field(default_factory=default_workers)
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -178,6 +204,8 @@ class Settings:
             timeouts=Timeouts.from_env(),
             offline=offline,
             export_dir=export_dir,
+            pg_partitions=max(1, _count("LOAN_DESK_PG_PARTITIONS", PG_PARTITIONS_DEFAULT, 0, PG_PARTITIONS_MAX)),
+            materialize_workers=_count("LOAN_DESK_MATERIALIZE_WORKERS", default_workers(), 1, MATERIALIZE_WORKERS_MAX),
             **redis,
         )
 
@@ -305,6 +333,7 @@ class Settings:
             "LOAN_DESK_REGISTRY_URL": self.registry_url(),
             "LOAN_DESK_FEAST_PROJECT": self.project,
             "LOAN_DESK_OFFLINE": self.offline,
+            "LOAN_DESK_MATERIALIZE_WORKERS": str(self.materialize_workers),
             # the feast CLI reads the profile's configuration without a -f (and a terminal that
             # switches profiles with another `eval` switches it too)
             "FEAST_FS_YAML_FILE_PATH": str(self.feast_config_file()),

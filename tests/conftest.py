@@ -58,6 +58,8 @@ class Names:
     reload_db: str
     cluster_db: str
     teach_db: str
+    parts_db: str
+    plain_db: str
     writer_db_a: str
     writer_db_b: str
     bench_db: str
@@ -81,6 +83,8 @@ class Names:
             self.reload_db,
             self.cluster_db,
             self.teach_db,
+            self.parts_db,
+            self.plain_db,
             self.writer_db_a,
             self.writer_db_b,
             *self.bench_dbs,
@@ -107,6 +111,8 @@ def _names() -> Names:
         reload_db=f"{db}_reload",
         cluster_db=os.environ.get("LOAN_DESK_CLUSTER_TEST_DB", f"{db}_cl"),
         teach_db=f"{db}_teach",  # tests/test_comparisons.py: data that teaches, at a size that shows it
+        parts_db=f"{db}_parts",  # tests/test_pg_scale.py: the same data hash-partitioned ...
+        plain_db=f"{db}_plain",  # ... and in one plain table
         writer_db_a=env("LOAN_DESK_WRITER_TEST_DB_A") or f"loan_desk_{TEST_ID}_writer_a",
         writer_db_b=env("LOAN_DESK_WRITER_TEST_DB_B") or f"loan_desk_{TEST_ID}_writer_b",
         bench_db=env("LOAN_DESK_BENCH_SMOKE_DB") or f"loan_desk_{TEST_ID}_bench",

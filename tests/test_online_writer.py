@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import time
 from datetime import UTC, datetime, timedelta
 
 import psycopg
@@ -91,13 +92,13 @@ def _add_rows(s, end: datetime) -> None:
                 )
 
 
-def _assert_same(a: dict, b: dict) -> None:
+def _assert_same(a: dict, b: dict, slack_s: float = TTL_SLACK_S) -> None:
     assert a.keys() == b.keys(), f"{len(a.keys() ^ b.keys())} keys differ"
     for key in a:
         (fields_a, ttl_a), (fields_b, ttl_b) = a[key], b[key]
         assert fields_a == fields_b, f"key {key!r} differs"
         assert 0 < ttl_a <= KEY_TTL_S and 0 < ttl_b <= KEY_TTL_S, f"key {key!r}: TTLs {ttl_a}, {ttl_b}"
-        assert abs(ttl_a - ttl_b) <= TTL_SLACK_S, f"key {key!r}: TTL {ttl_a} (Feast) vs {ttl_b} (ours)"
+        assert abs(ttl_a - ttl_b) <= slack_s, f"key {key!r}: TTL {ttl_a} (Feast) vs {ttl_b} (ours)"
 
 
 def _engine(store):
@@ -126,6 +127,7 @@ def test_engine_matches_feast_byte_for_byte(stores):
         store_b.materialize_incremental(end_date=end2)
     assert {v.view: v.written for v in run.views}["credit_history"] == 5
     feast_inc, fast_inc = _dump(sa), _dump(sb)
+    dumped = time.monotonic()
     assert {k: v[0] for k, v in feast_inc.items()} != {k: v[0] for k, v in feast_full.items()}  # it changed
     _assert_same(feast_inc, fast_inc)
     assert _intervals(store_a) == _intervals(store_b)
@@ -135,7 +137,8 @@ def test_engine_matches_feast_byte_for_byte(stores):
     with _engine(store_b).run() as run:
         store_b.materialize(start_date=start, end_date=end2)
     assert run.rows > APPLICANTS and run.written == 0
-    _assert_same(feast_inc, _dump(sb))
+    # The TTLs count down meanwhile (this step's time on a busy machine can pass the slack alone).
+    _assert_same(feast_inc, _dump(sb), TTL_SLACK_S + time.monotonic() - dumped)
 
 
 def test_feast_reads_what_the_engine_wrote(stores):
