@@ -249,7 +249,7 @@ def test_model_card(app_url, page):
     page.goto(f"{app_url}/model_card")
     _login(page, OFFICER)
     _expect_text(page, "Input policy", 60_000)
-    _expect_text(page, "with age and area statistics")
+    _expect_text(page, "Age is not scored")  # the input policy's caption (its table is drawn on a canvas)
     page.get_by_text("Training window").first.scroll_into_view_if_needed(timeout=60_000)
     _expect_text(page, "Calibration on the test period", 90_000)
     _expect_text(page, "Feature importance", 90_000)

@@ -160,6 +160,8 @@ def test_the_tutorial_model_leaves_out_the_made_up_credit_file(teach, tmp_path):
     assert not left & set(meta["features"]) and not left & set(meta["feature_importance_gain"])  # not inputs
     assert "skipped" in cmp["leak"]
     # The honest split for data whose timestamps are its file order is the random one.
-    assert cmp["random_split"]["auc"] >= 0.93, cmp["random_split"]
+    # 0.92, not the 0.93: on the tutorial's real rows the monotone constraint on income costs
+    # about 0.02 (0.924 with it, 0.945 without, same split); the constraint stays (README, Model).
+    assert cmp["random_split"]["auc"] >= 0.92, cmp["random_split"]
     assert cmp["random_split"]["temporal_auc"] == pytest.approx(meta["metrics"]["auc"], abs=1e-4)
     assert "random" in cmp["random_split"]["how"]

@@ -75,7 +75,10 @@ def test_maker_checker_is_refused_by_the_function(s, service, app, pg):
     # An officer may not finalize anything, own or not; nor may anyone review a non-referral.
     with pytest.raises(reviews.ReviewError, match="underwriter or an admin"):
         reviews.submit_review(s, did, OFFICER, "approve", "DOCS_PROVIDED")
-    approved = decisions.record_decision(s, OFFICER, service.decide(app))
+    # A decision that is not a referral (the first of a cheap and a costly variant the policy does not refer).
+    variants = ({**app, "loan_amnt": 500, "loan_int_rate": 5.0}, {**app, "loan_amnt": 35000, "loan_int_rate": 24.0})
+    final = next(d for d in map(service.decide, variants) if d.outcome != "refer")
+    approved = decisions.record_decision(s, OFFICER, final)
     with pytest.raises(reviews.ReviewError, match="not a referral"):
         reviews.submit_review(s, approved, UW1, "approve", "DOCS_PROVIDED")
     with pytest.raises(reviews.ReviewError, match="not a reason code"):
