@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
+import uuid
 
 from tests.test_browser import (  # noqa: F401 - fixtures are found by name
     ARTIFACTS,
@@ -42,9 +43,11 @@ def test_batch_upload_returns_a_file(app_url, page, pg):  # noqa: F811 - the imp
     ).fetchall()
     buf = io.StringIO(newline="")
     w = csv.writer(buf, lineterminator="\r\n")
-    w.writerow(FIELDS)
-    w.writerows(rows)
-    w.writerow(["=cmd|' /C calc'!A0", "12345", "lots", "RENT", "3", "MEDICAL", "5000", "10"])
+    # An extra column (ignored by the scorer) makes this run's file new: the same file twice is refused.
+    run = uuid.uuid4().hex
+    w.writerow([*FIELDS, "campaign_run"])
+    w.writerows([*r, run] for r in rows)
+    w.writerow(["=cmd|' /C calc'!A0", "12345", "lots", "RENT", "3", "MEDICAL", "5000", "10", run])
     data = ("\ufeff" + buf.getvalue()).encode()
     page.goto(app_url)
     _login(page, OFFICER)
