@@ -69,7 +69,8 @@ def capture(url: str, password: str) -> None:
 
         page.get_by_role("button", name="Fill with a sample applicant").click()
         page.wait_for_function(
-            "[...document.querySelectorAll('input')].some(i => i.getAttribute('aria-label') === 'Zipcode' && i.value)"
+            "['Zipcode', 'Interest rate (%)'].every(l => [...document.querySelectorAll('input')]"
+            ".some(i => i.getAttribute('aria-label') === l && i.value))"
         )
         page.get_by_role("button", name="Decide").click()
         page.get_by_text("Details: contributions and features").click()
@@ -105,7 +106,8 @@ def capture(url: str, password: str) -> None:
         phone.get_by_role("button", name="Log in").click()
         phone.get_by_role("button", name="Fill with a sample applicant").click()
         phone.wait_for_function(
-            "[...document.querySelectorAll('input')].some(i => i.getAttribute('aria-label') === 'Zipcode' && i.value)"
+            "['Zipcode', 'Interest rate (%)'].every(l => [...document.querySelectorAll('input')]"
+            ".some(i => i.getAttribute('aria-label') === l && i.value))"
         )
         phone.get_by_role("button", name="Decide").click()
         phone.get_by_text("Your recent decisions").wait_for()

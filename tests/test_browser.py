@@ -200,7 +200,8 @@ def test_officer_decides_and_sees_it_in_recent_decisions(app_url, page, pg):
     _expect_text(page, "Zipcode is required")
     page.get_by_role("button", name="Fill with a sample applicant").click()
     page.wait_for_function(
-        "[...document.querySelectorAll('input')].some(i => i.getAttribute('aria-label') === 'Zipcode' && i.value)"
+        "['Zipcode', 'Interest rate (%)'].every(l => [...document.querySelectorAll('input')]"
+        ".some(i => i.getAttribute('aria-label') === l && i.value))"
     )
     page.get_by_role("button", name="Decide").click()
     # The verdict is an alert ("APPROVE — probability of default …"); the recent-decisions table

@@ -61,7 +61,8 @@ def _refer(url, browser, user, pg) -> int:  # noqa: F811
     _expect_text(page, "New application")
     page.get_by_role("button", name="Fill with a sample applicant").click()
     page.wait_for_function(
-        "[...document.querySelectorAll('input')].some(i => i.getAttribute('aria-label') === 'Zipcode' && i.value)"
+        "['Zipcode', 'Interest rate (%)'].every(l => [...document.querySelectorAll('input')]"
+        ".some(i => i.getAttribute('aria-label') === l && i.value))"
     )
     # Streamlit may still show the previous run's form while it reruns: wait for one.
     page.wait_for_function("document.querySelectorAll('input[aria-label=\"SSN last four\"]').length === 1")
