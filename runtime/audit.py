@@ -103,28 +103,36 @@ def seal(prev: bytes, hashes: dict[str, str]) -> bytes:
     return hashlib.sha256(bytes(prev) + canonical).digest()
 
 
+def _lock_head(conn, chain: Chain):
+    """The chain's head row, locked until the transaction ends (None before the chain's first record)."""
+    return conn.execute(
+        "SELECT last_hash FROM loan_desk_chain_heads WHERE chain = %s FOR UPDATE", [chain.name]
+    ).fetchone()
+
+
+def _insert_query(chain: Chain, columns: list[str]) -> sql.Composed:
+    """INSERT of one record, returning its id and Postgres' text of every sealed field."""
+    return sql.SQL("INSERT INTO {} ({}) VALUES ({}) RETURNING id, {}").format(
+        sql.Identifier(chain.table),
+        sql.SQL(", ").join(map(sql.Identifier, columns)),
+        sql.SQL(", ").join(sql.Placeholder() * len(columns)),
+        chain.select_list(),
+    )
+
+
 def insert_sealed(conn, chain: Chain, columns: list[str], values: list) -> int:
     """Insert one record and seal it onto its chain; the caller's transaction must be open.
     Returns the new id.  Writers of one chain queue on its head row (a few ms at most)."""
-    head = conn.execute(
-        "SELECT last_hash FROM loan_desk_chain_heads WHERE chain = %s FOR UPDATE", [chain.name]
-    ).fetchone()
+    head = _lock_head(conn, chain)
     if head is None:
         conn.execute(
             "INSERT INTO loan_desk_chain_heads (chain, last_id, last_hash, records) VALUES (%s, 0, %s, 0) "
             "ON CONFLICT (chain) DO NOTHING",
             [chain.name, GENESIS],
         )
-        head = conn.execute(
-            "SELECT last_hash FROM loan_desk_chain_heads WHERE chain = %s FOR UPDATE", [chain.name]
-        ).fetchone()
+        head = _lock_head(conn, chain)
     prev = bytes(head[0])
-    query = sql.SQL("INSERT INTO {} ({}) VALUES ({}) RETURNING id, {}").format(
-        sql.Identifier(chain.table),
-        sql.SQL(", ").join(map(sql.Identifier, columns)),
-        sql.SQL(", ").join(sql.Placeholder() * len(columns)),
-        chain.select_list(),
-    )
+    query = _insert_query(chain, columns)
     row = conn.execute(query, values).fetchone()
     new_id, texts = row[0], row[1:]
     hashes = field_hashes(chain, texts)
@@ -145,19 +153,12 @@ def insert_sealed_many(conn, chain: Chain, columns: list[str], rows: list[list])
     the records are sealed in id order onto the chain.  Returns the new ids, in ``rows``' order."""
     if not rows:
         return []
-    head = conn.execute(
-        "SELECT last_hash FROM loan_desk_chain_heads WHERE chain = %s FOR UPDATE", [chain.name]
-    ).fetchone()
+    head = _lock_head(conn, chain)
     if head is None:
         first = insert_sealed(conn, chain, columns, rows[0])  # creates the head; the rest follow it
         return [first, *insert_sealed_many(conn, chain, columns, rows[1:])]
     prev = bytes(head[0])
-    query = sql.SQL("INSERT INTO {} ({}) VALUES ({}) RETURNING id, {}").format(
-        sql.Identifier(chain.table),
-        sql.SQL(", ").join(map(sql.Identifier, columns)),
-        sql.SQL(", ").join(sql.Placeholder() * len(columns)),
-        chain.select_list(),
-    )
+    query = _insert_query(chain, columns)
     with conn.cursor() as cur:
         cur.executemany(query, rows, returning=True)
         returned = []

@@ -15,22 +15,13 @@ from datetime import datetime
 import psycopg
 import pytest
 
-from model.batch import COLUMNS, AlreadyScored, BatchInputError, neutralize, score_csv
+from model.batch import COLUMNS, REQUIRED, AlreadyScored, BatchInputError, neutralize, score_csv
 from model.inference import ApplicationError, DecisionService
 from runtime import audit
 from runtime.batches import batch_by_id
 from tests.conftest import run_cli
 
-FIELDS = (
-    "dob_ssn",
-    "zipcode",
-    "person_income",
-    "person_home_ownership",
-    "person_emp_length",
-    "loan_intent",
-    "loan_amnt",
-    "loan_int_rate",
-)
+FIELDS = ("dob_ssn", *REQUIRED)  # the columns the scorer needs, in its order
 UNKNOWN = "19800101_0000"  # no credit file: referred, not decided on NaN
 
 

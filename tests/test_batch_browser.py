@@ -10,6 +10,7 @@ import csv
 import io
 import uuid
 
+from model.batch import REQUIRED
 from tests.test_browser import (  # noqa: F401 - fixtures are found by name
     ARTIFACTS,
     OFFICER,
@@ -23,16 +24,7 @@ from tests.test_browser import (  # noqa: F401 - fixtures are found by name
     pytestmark,
 )
 
-FIELDS = (
-    "dob_ssn",
-    "zipcode",
-    "person_income",
-    "person_home_ownership",
-    "person_emp_length",
-    "loan_intent",
-    "loan_amnt",
-    "loan_int_rate",
-)
+FIELDS = ("dob_ssn", *REQUIRED)  # the columns the scorer needs, in its order
 
 
 def test_batch_upload_returns_a_file(app_url, page, pg):  # noqa: F811 - the imported fixtures
